@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+AUDIT  := $(VENV)/bin/audit
+STAMP  := $(VENV)/.installed
+DEMO_DB := reports/demo.duckdb
+
+.PHONY: install demo test bench sample-logs clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes; `pip install -e` keeps the code live.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	rm -f $(DEMO_DB) $(DEMO_DB).wal
+	$(AUDIT) ingest sample_logs/ --db $(DEMO_DB) --sampled-fraction $$($(PY) -c 'from audit.synth import SAMPLE_LOGS_FRACTION as f; print(f)')
+	$(AUDIT) spend --db $(DEMO_DB)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/ingest.py
+
+# Regenerate the committed sample export (deterministic: same bytes every time).
+sample-logs: install
+	rm -rf sample_logs/*
+	$(AUDIT) synth sample_logs/ --truth tests/fixtures/sample_logs_truth.csv.gz
+
+clean:
+	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB).wal

@@ -1,0 +1,186 @@
+"""The ``audit`` command: one thin function per stage, no SQL here.
+
+stdout is data (``--json``); messages, tables and progress go to stderr.
+Every ``AuditError`` is printed once as a one-line message with what to do,
+and the process exits non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from audit import db as audit_db
+from audit.errors import AuditError
+
+app = typer.Typer(
+    name="audit",
+    help=(
+        "Audit what your company spends on LLM APIs, from your own request logs.\n\n"
+        "Typical run: `audit ingest LOGS...` then `audit spend`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+DbOption = Annotated[
+    Path,
+    typer.Option("--db", envvar="AUDIT_DB", help="The audit database file (DuckDB); created if missing."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def _formats_help() -> str:
+    from audit.formats import registry
+
+    return "; ".join(f"`{f.name}`: {f.description}" for f in registry())
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Log files, globs or folders (recursive); .gz and .zst are read as is.", show_default=False)],
+    *,
+    db: DbOption = Path(audit_db.DEFAULT_DB),
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format instead of detecting it. " + "Formats: see `audit formats`.")] = None,
+    map: Annotated[Optional[list[str]], typer.Option("--map", help="For CSV/Parquet/JSONL tables: SOURCE_COLUMN=LEDGER_FIELD (repeatable).")] = None,
+    sampled_fraction: Annotated[float, typer.Option("--sampled-fraction", help="Share of all calls the export holds (0.01 = a 1% sample); totals are scaled by 1/fraction.")] = 1.0,
+    replace: Annotated[bool, typer.Option("--replace", help="Re-ingest a changed file: first remove what earlier versions of the same path stored.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Read log exports into the ledger (`requests`); bad records go to `ingest_rejects`.
+
+    Re-running is safe: files already ingested are skipped and calls already in
+    the ledger are not added twice.
+    """
+    from audit import console
+    from audit.formats.generic import parse_mapping
+    from audit.ingest import ingest as run_ingest
+
+    mapping = parse_mapping(map or [])
+    con = audit_db.connect(db)
+    from audit.ingest import expand_paths
+
+    n_files = len(expand_paths(paths))
+    with console.progress_bar("ingesting", n_files) as advance:
+        def on_file(result) -> None:
+            advance(1)
+            if result.skipped:
+                console.err.print(f"[dim]skip[/] {result.path}: {result.skipped}")
+            else:
+                line = (f"[green]ok[/]   {result.path} [dim]({result.format})[/]: read {result.read:,} = "
+                        f"stored {result.stored:,} + duplicate {result.duplicate:,} + rejected {result.rejected:,}")
+                if result.counted:
+                    line += f" [dim]· tokens counted for {result.counted:,}[/]"
+                console.err.print(line)
+                for reason, count in result.reject_reasons.items():
+                    console.err.print(f"       [yellow]rejected[/] {count:,} × {reason}")
+
+        summary = run_ingest(con, paths, forced_format=format, mapping=mapping,
+                             sampled_fraction=sampled_fraction, replace=replace, on_file=on_file)
+    t = summary.as_dict()["totals"]
+    console.err.print(
+        f"[bold]total[/]: read {t['read']:,} = stored {t['stored']:,} + duplicate {t['duplicate']:,} "
+        f"+ rejected {t['rejected']:,} into {db}"
+        + (" [dim](see rejects with `audit rejects`)[/]" if t["rejected"] else "")
+    )
+    if json:
+        console.print_json(summary.as_dict())
+
+
+@app.command()
+def spend(*, db: DbOption = Path(audit_db.DEFAULT_DB), json: JsonOption = False,
+          days: Annotated[int, typer.Option(help="How many of the latest days to list.")] = 14) -> None:
+    """What was ingested: rows, rejects, date range; calls, tokens and logged cost by model and by day."""
+    from audit import console
+    from audit.spend import spend_summary
+
+    summary = spend_summary(audit_db.connect(db, read_only=True))
+    if json:
+        console.print_json(summary)
+        return
+    from audit.tables import render_spend
+
+    render_spend(summary, days=days)
+
+
+@app.command()
+def rejects(*, db: DbOption = Path(audit_db.DEFAULT_DB), json: JsonOption = False,
+            limit: Annotated[int, typer.Option(help="How many to list.")] = 50) -> None:
+    """List records that could not be stored: file, line, reason."""
+    from audit import console
+
+    con = audit_db.connect(db, read_only=True)
+    rows = con.execute(
+        "SELECT path, line_no, reason, left(raw, 120) FROM ingest_rejects ORDER BY path, line_no LIMIT ?", [limit]
+    ).fetchall()
+    if json:
+        console.print_json([dict(zip(["path", "line", "reason", "raw"], r)) for r in rows])
+        return
+    for path, line, reason, raw in rows:
+        console.out.print(f"{path}:{line}: {reason}", markup=False)
+
+
+@app.command()
+def formats() -> None:
+    """List the log formats `audit ingest` understands."""
+    from audit import console
+    from audit.formats import registry
+
+    for f in registry():
+        console.out.print(f"{f.name:24} {f.description}", markup=False)
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the generated export into.")],
+    *,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 7,
+    sampled_fraction: Annotated[Optional[float], typer.Option("--sampled-fraction", help="Share of the modelled traffic to emit (default: the committed sample's).")] = None,
+    days: Annotated[int, typer.Option(help="Days of traffic, ending on --end-date.")] = 90,
+    truth: Annotated[Optional[Path], typer.Option(help="Also write the ground truth (template of each request) here.")] = None,
+    chat_jsonl: Annotated[Optional[int], typer.Option("--chat-jsonl", help="Instead: write N uncompressed OpenAI chat lines to OUT_DIR/chat.jsonl (benchmarks).")] = None,
+) -> None:
+    """Generate realistic, deterministic request logs (the committed `sample_logs/` come from here)."""
+    from audit import console, synth as synth_module
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if chat_jsonl:
+        n = synth_module.generate_chat_jsonl(out_dir / "chat.jsonl", chat_jsonl, seed=seed)
+        console.err.print(f"wrote {n:,} lines to {out_dir / 'chat.jsonl'}")
+        return
+    fraction = sampled_fraction if sampled_fraction is not None else synth_module.SAMPLE_LOGS_FRACTION
+    summary = synth_module.generate(out_dir, seed=seed, sampled_fraction=fraction, days=days, truth_path=truth)
+    console.err.print(
+        f"wrote {summary.records:,} records ({fraction:g} of {summary.full_traffic_requests:,} modelled calls) "
+        f"in {len(summary.files)} files under {out_dir}; last 30 days at list prices: ${summary.last30_full_cost_usd:,.0f}"
+    )
+
+
+def main() -> None:
+    """Entry point: run the app, turning AuditError into one line on stderr."""
+    try:
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except AuditError as error:
+        from audit import console
+
+        console.print_error(error)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as error:  # click's usage errors and aborts
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(130)
+        raise

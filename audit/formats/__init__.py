@@ -1,0 +1,118 @@
+"""Log export formats, each turned into one *stage* relation of a fixed shape.
+
+A format knows how to recognise its files (``sniff``) and how to expose one
+row per record with the columns of ``STAGE_COLUMNS`` (``stage_sql``), in the
+source's own terms: token counts as logged plus the ``usage_semantics`` that
+say what they mean. Everything shared — timestamp parsing, type checks,
+token normalisation, counting missing tokens, ids, de-duplication, rejects —
+happens once, in ``audit.ingest``.
+
+Columns a format leaves out are NULL. Values are VARCHAR so that a wrong type
+in the source becomes a reject with a reason instead of a silent NULL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import duckdb
+
+# (name, type) of the stage relation every format produces, in order.
+STAGE_COLUMNS: list[tuple[str, str]] = [
+    ("line_no", "BIGINT"),            # 1-based line (or row) in the file
+    ("reject_reason", "VARCHAR"),     # set by the format for records it cannot read
+    ("native_id", "VARCHAR"),         # the source's own id for the call
+    ("dedupe_key", "VARCHAR"),        # what makes two records the same call (default native_id)
+    ("started_at_raw", "VARCHAR"),    # any timestamp encoding; parsed centrally as UTC
+    ("provider", "VARCHAR"),
+    ("model_logged", "VARCHAR"),
+    ("user_id", "VARCHAR"),
+    ("session_id", "VARCHAR"),
+    ("prompt_name", "VARCHAR"),
+    ("prompt_version", "VARCHAR"),
+    ("messages", "VARCHAR"),          # JSON array [{role, content, ...}], system first
+    ("response_text", "VARCHAR"),
+    # Token counts exactly as logged, and which provider's meaning they carry:
+    #   'openai'    input includes cache reads/writes; output includes reasoning
+    #   'anthropic' input excludes cache reads and writes (additive); output includes thinking
+    #   'split'     input excludes cache reads and writes; output excludes reasoning (Langfuse)
+    ("usage_semantics", "VARCHAR"),
+    ("usage_input", "VARCHAR"),
+    ("usage_cache_read", "VARCHAR"),
+    ("usage_cache_write", "VARCHAR"),
+    ("usage_output", "VARCHAR"),
+    ("usage_reasoning", "VARCHAR"),
+    ("logged_cost_usd", "VARCHAR"),
+    ("latency_ms", "VARCHAR"),
+    ("status", "VARCHAR"),            # 'ok' | 'error' (NULL: ok unless an error is present)
+    ("status_code", "VARCHAR"),
+    ("error_message", "VARCHAR"),
+    ("is_batch", "BOOLEAN"),
+    ("service_tier", "VARCHAR"),
+    ("temperature", "VARCHAR"),
+    ("max_tokens", "VARCHAR"),
+    ("metadata", "VARCHAR"),          # JSON object of whatever else the source had
+]
+STAGE_NAMES = [name for name, _ in STAGE_COLUMNS]
+
+
+def select_stage(exprs: dict[str, str], source: str) -> str:
+    """``SELECT`` the stage columns from ``source``; missing ones are NULL."""
+    unknown = set(exprs) - set(STAGE_NAMES) - {"raw"}
+    if unknown:
+        raise ValueError(f"not stage columns: {sorted(unknown)}")
+    cols = [f"CAST({exprs.get(name, 'NULL')} AS {typ}) AS {name}" for name, typ in STAGE_COLUMNS]
+    cols.append(f"{exprs.get('raw', 'raw')} AS raw")
+    return "SELECT " + ",\n       ".join(cols) + f"\nFROM {source}"
+
+
+@dataclass
+class Sample:
+    """What sniffing sees of a file: its path, first bytes and first lines."""
+
+    path: Path
+    head: bytes
+    lines: list[str] = field(default_factory=list)
+    first_json: object = None   # the first line parsed as JSON, or None
+
+
+@dataclass
+class IngestOptions:
+    mapping: dict[str, str] = field(default_factory=dict)   # --map source=ledger
+    compression: str = "none"                               # none | gzip | zstd
+    sample: Sample | None = None                            # what sniffing saw of this file
+
+
+class Format:
+    """Base class: one subclass per export format."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    # 'requests' formats fill the ledger; 'batch_input' ones fill batch_requests.
+    target: ClassVar[str] = "requests"
+
+    def sniff(self, sample: Sample) -> bool:
+        raise NotImplementedError
+
+    def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
+        """Return a SELECT with the stage columns plus ``raw`` (the record's text)."""
+        raise NotImplementedError
+
+
+def registry() -> list[Format]:
+    """All formats, most specific first (sniffing takes the first that matches)."""
+    from audit.formats import generic, openai_batch, openai_chat
+
+    return [
+        openai_batch.BatchOutput(),
+        openai_batch.BatchInput(),
+        openai_chat.ChatPairs(),
+        generic.Generic(),
+    ]
+
+
+def by_name(name: str) -> Format | None:
+    return next((f for f in registry() if f.name == name), None)

@@ -1,0 +1,63 @@
+"""Read a text file as (line number, line) rows inside DuckDB, in parallel.
+
+DuckDB's CSV reader with one column, no quoting and a delimiter that valid
+JSON cannot contain (U+0001; JSON escapes every control character) splits
+lines on all cores, strips a BOM and CRLF, decompresses gzip and zstd, and
+sends lines it cannot decode (bad UTF-8, a stray U+0001) to a rejects table
+with their line number instead of failing the file. ``WITH ORDINALITY``
+numbers the lines it keeps; ``ingest`` maps those numbers back to physical
+line numbers when the reader rejected some (rare) lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The longest single line we accept (a 50 MB prompt is fine). Do not set
+# buffer_size next to it: DuckDB 2.0 then mis-reads files in parallel.
+MAX_LINE_BYTES = 256 * 1024 * 1024
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def reader_sql(path: Path, compression: str, rejects_table: str, *, csv_options: str) -> str:
+    return (
+        f"read_csv({sql_string(str(path))}, {csv_options}, compression={sql_string(compression)}, "
+        f"store_rejects=true, rejects_table={sql_string(rejects_table)}, "
+        f"rejects_scan={sql_string(rejects_table + '_scan')})"
+    )
+
+
+def lines_sql(path: Path, compression: str, rejects_table: str) -> str:
+    """A relation ``(line_no, raw)`` of the file's non-empty lines."""
+    options = (
+        # strict_mode off: files mixing CRLF and LF lines are common and fine.
+        "columns={'raw': 'VARCHAR'}, header=false, delim=chr(1), quote='', escape='', strict_mode=false, "
+        f"auto_detect=false, max_line_size={MAX_LINE_BYTES}"
+    )
+    reader = reader_sql(path, compression, rejects_table, csv_options=options)
+    return (
+        f"(SELECT ordinality AS line_no, raw FROM {reader} WITH ORDINALITY "
+        # Blank lines arrive as NULL. (trim() here would copy every line: a
+        # whitespace-only line is instead rejected as not JSON.)
+        "WHERE raw IS NOT NULL)"
+    )
+
+
+def parsed_json_sql(structure: str) -> str:
+    """Parse ``raw`` once into ``structure``; NULL when it is not valid JSON.
+
+    ``try`` avoids a second full parse by ``json_valid``; parsing is the cost.
+    """
+    return f"try(from_json(raw, '{structure}'))"
+
+
+# The shared first checks of a JSON-lines record. ``json_type`` re-parses, so
+# it only runs for the rare line that does not start like an object.
+JSON_OBJECT_CHECKS = (
+    "WHEN j IS NULL THEN 'not valid JSON' "
+    "WHEN left(raw, 1) <> '{' AND json_type(raw) <> 'OBJECT' "
+    "THEN 'expected a JSON object, got ' || lower(json_type(raw)) "
+)

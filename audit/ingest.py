@@ -1,0 +1,514 @@
+"""``audit ingest``: log exports → the ``requests`` ledger.
+
+Reads: the files given (formats in ``audit.formats``).
+Writes: ``ingest_files`` (one row per file version), ``requests`` (one row per
+call), ``ingest_rejects`` (records that could not be stored, with file, line,
+reason and the raw text, capped), ``batch_requests`` (Batch API inputs).
+
+Guarantees:
+- Nothing is lost: for every file, records read = stored + duplicate + rejected.
+  A duplicate is a call already in the ledger (same ``request_id``), from an
+  earlier file or earlier in the same file (the last copy wins within a file).
+- Each file is one transaction: a process killed mid-file leaves all or none
+  of that file's rows.
+- Re-ingesting a file whose bytes were ingested before adds nothing;
+  ``replace=True`` first removes what earlier versions of the same path stored.
+- Tokens are normalised to: ``input_tokens`` (all input, cached included),
+  ``cached_input_tokens``, ``cache_write_tokens``, ``output_tokens``
+  (reasoning included), ``reasoning_tokens``. Where a call logged no usage,
+  they are counted exactly with tiktoken (``tokens_source = 'counted'``);
+  logged usage is never recounted.
+
+The bulk of the work (splitting lines, parsing JSON, checks, normalisation,
+de-duplication) runs as SQL inside DuckDB, on all cores; Python only counts
+tokens for the calls that logged none.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from audit.errors import InputError
+from audit.formats import Format, IngestOptions, Sample, by_name, registry
+from audit.tokens import TokenCounter
+
+RAW_CAP = 4000           # characters of a rejected record's text kept in ingest_rejects
+SNIFF_BYTES = 256 * 1024  # how much of a file format detection looks at
+_SKIPPED_IN_DIRECTORIES = (".md", ".duckdb", ".wal", ".tmp", ".py")
+
+
+@dataclass
+class FileResult:
+    path: str
+    format: str
+    read: int = 0
+    stored: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    skipped: str | None = None          # why nothing was done (already ingested, empty)
+    counted: int = 0                    # calls whose tokens were counted, not logged
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IngestSummary:
+    files: list[FileResult]
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(f, attribute) for f in self.files)
+
+    def as_dict(self) -> dict:
+        totals = {k: self.total(k) for k in ("read", "stored", "duplicate", "rejected", "counted")}
+        return {"totals": totals, "files": [f.__dict__ for f in self.files]}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files, globs and directories (recursive) → sorted list of files."""
+    files: list[Path] = []
+    for given in paths:
+        text = str(given)
+        path = Path(text)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(p.startswith(".") for p in child.relative_to(path).parts) \
+                        and not child.name.lower().endswith(_SKIPPED_IN_DIRECTORIES):
+                    files.append(child)
+        elif path.is_file():
+            files.append(path)
+        elif any(ch in text for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            if not matches:
+                raise InputError(f"no file matches {text}", "check the pattern (quote it so the shell does not expand it)")
+            files.extend(expand_paths(matches))
+        elif path.exists():
+            raise InputError(f"{text} is not a regular file or directory", "pass log files or folders")
+        else:
+            raise InputError(f"no such file or directory: {text}", "check the path")
+    unique: dict[Path, None] = {}
+    for f in files:
+        unique.setdefault(f.resolve(), None)
+    return list(unique)
+
+
+def compression_of(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from None
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return "none"
+
+
+def read_sample(path: Path, compression: str) -> Sample:
+    """The first bytes of the (decompressed) file, its first lines, the first JSON record."""
+    try:
+        if compression == "gzip":
+            import gzip
+
+            with gzip.open(path, "rb") as handle:
+                head = handle.read(SNIFF_BYTES)
+        elif compression == "zstd":
+            import zstandard
+
+            with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as handle:
+                head = handle.read(SNIFF_BYTES)
+        else:
+            with path.open("rb") as handle:
+                head = handle.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}", "check that the file is complete") from None
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    lines = [line for line in text.splitlines()[:50] if line.strip()]
+    first_json = None
+    for line in lines[:5]:
+        try:
+            first_json = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if first_json is None and text.lstrip()[:1] in ("{", "["):
+        try:
+            first_json = json.loads(text)
+        except ValueError:
+            pass
+    return Sample(path=path, head=head, lines=lines, first_json=first_json)
+
+
+def detect_format(sample: Sample) -> Format | None:
+    return next((f for f in registry() if f.sniff(sample)), None)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- SQL
+
+_COUNT_FIELDS = [
+    ("usage_input", "input token count"),
+    ("usage_cache_read", "cache-read token count"),
+    ("usage_cache_write", "cache-write token count"),
+    ("usage_output", "output token count"),
+    ("usage_reasoning", "reasoning token count"),
+    ("max_tokens", "max_tokens"),
+]
+_NUMBER_FIELDS = [("logged_cost_usd", "cost"), ("latency_ms", "latency"), ("temperature", "temperature")]
+
+# The cheat-sheet of log-formats.md, once: what the logged counts mean.
+_INPUT_NORMALISED = """CASE WHEN usage_semantics = 'openai' THEN audit_int(usage_input)
+     ELSE audit_int(usage_input) + coalesce(audit_int(usage_cache_read), 0) + coalesce(audit_int(usage_cache_write), 0) END"""
+_OUTPUT_NORMALISED = """CASE WHEN usage_semantics = 'split' THEN audit_int(usage_output) + coalesce(audit_int(usage_reasoning), 0)
+     ELSE audit_int(usage_output) END"""
+
+
+def _check_sql() -> str:
+    """Shared validity checks → the first failing reason, or NULL."""
+    whens = [
+        "WHEN reject_reason IS NOT NULL THEN reject_reason",
+        "WHEN model_logged IS NULL OR trim(model_logged) = '' THEN 'no model name'",
+        "WHEN started_at_raw IS NOT NULL AND audit_ts(started_at_raw) IS NULL "
+        "THEN 'unreadable timestamp: ' || left(started_at_raw, 60)",
+    ]
+    for column, label in _COUNT_FIELDS:
+        whens.append(
+            f"WHEN audit_bad_count({column}) THEN '{label} is not a whole number >= 0: ' || left({column}, 60)"
+        )
+    for column, label in _NUMBER_FIELDS:
+        whens.append(
+            f"WHEN {column} IS NOT NULL AND TRY_CAST({column} AS DOUBLE) IS NULL "
+            f"THEN '{label} is not a number: ' || left({column}, 60)"
+        )
+    whens.append(
+        "WHEN status_code IS NOT NULL AND TRY_CAST(TRY_CAST(status_code AS DOUBLE) AS INTEGER) IS NULL "
+        "THEN 'status code is not a number: ' || left(status_code, 60)"
+    )
+    whens.append(
+        f"WHEN coalesce(audit_int(usage_cache_read), 0) + coalesce(audit_int(usage_cache_write), 0) > ({_INPUT_NORMALISED}) "
+        "THEN 'cached input tokens exceed input tokens'"
+    )
+    return "CASE " + "\n  ".join(whens) + " END"
+
+
+@dataclass
+class _Context:
+    con: duckdb.DuckDBPyConnection
+    path: Path
+    file_id: int
+    fmt: Format
+    stage_sql: str
+
+
+def _csv_level_rejects(ctx: _Context) -> list[tuple[int, str, str]]:
+    """Lines DuckDB's reader itself refused (bad UTF-8, stray control bytes)."""
+    table = f"_line_rejects_{ctx.file_id}"
+    exists = ctx.con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND temporary", [table]
+    ).fetchone()[0]
+    if not exists:
+        return []
+    rows = ctx.con.execute(
+        f"SELECT line, any_value(error_type), any_value(left(csv_line, {RAW_CAP})) FROM {table} "
+        "GROUP BY line ORDER BY line"
+    ).fetchall()
+    ctx.con.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_scan")
+    reasons = {
+        "INVALID ENCODING": "not valid UTF-8",
+        "TOO MANY COLUMNS": "contains a raw control character (U+0001): not valid JSON",
+        "LINE SIZE OVER MAXIMUM": "line longer than the maximum accepted",
+    }
+    return [(line, reasons.get(kind, f"unreadable line ({kind.lower()})"), text) for line, kind, text in rows]
+
+
+def _renumber(con: duckdb.DuckDBPyConnection, table: str, reader_rejected_lines: list[int]) -> None:
+    """Map reader ordinals back to physical line numbers past the rejected lines.
+
+    The reader numbers only the lines it kept. With rejected lines r_1 < r_2 < …,
+    a kept line numbered k sits at k + #{i : r_i - i < k}.
+    """
+    gaps = [line - i for i, line in enumerate(reader_rejected_lines, start=1)]
+    con.execute("CREATE OR REPLACE TEMP TABLE _gaps AS SELECT unnest(?::BIGINT[]) AS gap", [gaps])
+    con.execute(
+        f"UPDATE {table} SET line_no = line_no + (SELECT count(*) FROM _gaps WHERE gap < {table}.line_no)"
+    )
+
+
+def _raw_texts(ctx: _Context, ordinals: list[int]) -> dict[int, str]:
+    """The raw text of the given records, by re-reading only when there are rejects."""
+    if not ordinals:
+        return {}
+    rows = ctx.con.execute(
+        f"SELECT line_no, left(raw::VARCHAR, {RAW_CAP}) FROM ({ctx.stage_sql}) WHERE line_no IN (SELECT unnest(?::BIGINT[]))",
+        [ordinals],
+    ).fetchall()
+    return dict(rows)
+
+
+def _store_rejects(ctx: _Context, stage_table: str, reason_column: str) -> tuple[int, dict[str, int]]:
+    """Move rejected stage rows (and reader-level rejects) into ``ingest_rejects``."""
+    con = ctx.con
+    rejected = con.execute(
+        f"SELECT line_no, {reason_column} FROM {stage_table} WHERE {reason_column} IS NOT NULL ORDER BY line_no"
+    ).fetchall()
+    raw = _raw_texts(ctx, [line for line, _ in rejected])
+    reader_rejects = _csv_level_rejects(ctx)
+    rows = [(line, reason, raw.get(line)) for line, reason in rejected]
+    if reader_rejects:
+        kept_lines = [line for line, _, _ in reader_rejects]
+        _renumber(con, stage_table, kept_lines)
+        # the same mapping for the rejected rows we are about to write
+        gaps = [line - i for i, line in enumerate(kept_lines, start=1)]
+        rows = [(line + sum(g < line for g in gaps), reason, text) for line, reason, text in rows]
+        rows += reader_rejects
+    if rows:
+        con.executemany(
+            "INSERT INTO ingest_rejects VALUES (?, ?, ?, ?, ?)",
+            [(ctx.file_id, str(ctx.path), line, reason, text) for line, reason, text in rows],
+        )
+    reasons: dict[str, int] = {}
+    for _, reason, _ in rows:
+        key = reason.split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    return len(rows), reasons
+
+
+def _count_missing_tokens(con: duckdb.DuckDBPyConnection, counter: TokenCounter) -> int:
+    """Count tokens with tiktoken for good calls that logged no usage."""
+    todo = con.execute(
+        "SELECT line_no, model_logged, messages, response_text FROM _checked "
+        "WHERE why IS NULL AND status = 'ok' AND (input_norm IS NULL OR output_norm IS NULL)"
+    ).fetchall()
+    counts = counter.count_chats([(model, messages, text) for _, model, messages, text in todo]) if todo else []
+    table = pa.table(
+        {
+            "line_no": pa.array([row[0] for row in todo], pa.int64()),
+            "counted_input": pa.array([c[0] for c in counts], pa.int64()),
+            "counted_output": pa.array([c[1] for c in counts], pa.int64()),
+        }
+    )
+    con.register("_counted_arrow", table)
+    con.execute("CREATE OR REPLACE TEMP TABLE _counted AS SELECT * FROM _counted_arrow")
+    con.unregister("_counted_arrow")
+    return len(todo)
+
+
+def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, counter: TokenCounter) -> FileResult:
+    con = ctx.con
+    result = FileResult(path=str(ctx.path), format=fmt_name)
+    # Records without an id are identified by their content (hashing is costly: only for those).
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT * EXCLUDE (raw), "
+                f"md5(? || ':' || CASE WHEN dedupe_key IS NULL THEN md5(raw::VARCHAR) ELSE dedupe_key END) AS request_id FROM ({ctx.stage_sql})",
+                [fmt_name])
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _checked AS
+        SELECT *, {_check_sql()} AS why,
+               {_INPUT_NORMALISED} AS input_norm,
+               {_OUTPUT_NORMALISED} AS output_norm,
+               CASE WHEN status IS NOT NULL THEN status WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END AS status_final
+        FROM _stage"""
+    )
+    con.execute("ALTER TABLE _checked DROP COLUMN status")
+    con.execute("ALTER TABLE _checked RENAME COLUMN status_final TO status")
+    con.execute("DROP TABLE _stage")
+    staged = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
+    # Rejects first: storing them renumbers lines past reader-level rejects.
+    result.rejected, result.reject_reasons = _store_rejects(ctx, "_checked", "why")
+    result.counted = _count_missing_tokens(con, counter)
+    result.read = staged + (result.rejected - con.execute("SELECT count(*) FROM _checked WHERE why IS NOT NULL").fetchone()[0])
+    # Within a file the last copy of a call wins (exports re-emit updated records).
+    repeats = con.execute(
+        "SELECT count(*) - count(DISTINCT request_id) FROM _checked WHERE why IS NULL").fetchone()[0]
+    last_copy_only = (
+        "QUALIFY row_number() OVER (PARTITION BY c.request_id ORDER BY c.line_no DESC) = 1" if repeats else ""
+    )
+    before = con.execute("SELECT count(*) FROM requests").fetchone()[0]
+    con.execute(
+        f"""INSERT INTO requests
+        SELECT c.request_id, c.native_id, ?, c.line_no, ?,
+               audit_ts(c.started_at_raw),
+               coalesce(lower(c.provider), audit_provider_for(c.model_logged)),
+               c.model_logged, audit_normalize_model(c.model_logged),
+               c.user_id, c.session_id, c.prompt_name, c.prompt_version,
+               c.messages::JSON, c.response_text,
+               coalesce(c.input_norm, k.counted_input),
+               CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_read), 0)
+                    WHEN k.counted_input IS NOT NULL THEN 0 END,
+               CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_write), 0)
+                    WHEN k.counted_input IS NOT NULL THEN 0 END,
+               coalesce(c.output_norm, k.counted_output),
+               CASE WHEN c.output_norm IS NOT NULL THEN coalesce(audit_int(c.usage_reasoning), 0)
+                    WHEN k.counted_output IS NOT NULL THEN 0 END,
+               CASE WHEN c.input_norm IS NOT NULL AND c.output_norm IS NOT NULL THEN 'logged'
+                    WHEN c.input_norm IS NULL AND c.output_norm IS NULL AND k.counted_input IS NOT NULL THEN 'counted'
+                    WHEN coalesce(c.input_norm, k.counted_input) IS NOT NULL THEN 'logged+counted'
+                    ELSE 'none' END,
+               TRY_CAST(c.logged_cost_usd AS DOUBLE), TRY_CAST(c.latency_ms AS DOUBLE),
+               c.status, TRY_CAST(TRY_CAST(c.status_code AS DOUBLE) AS INTEGER), c.error_message,
+               coalesce(c.is_batch, false), c.service_tier,
+               TRY_CAST(c.temperature AS DOUBLE), audit_int(c.max_tokens),
+               ?, c.metadata::JSON
+        FROM _checked c LEFT JOIN _counted k USING (line_no)
+        WHERE c.why IS NULL AND c.request_id NOT IN (SELECT request_id FROM requests)
+        {last_copy_only}""",
+        [ctx.file_id, fmt_name, sampled_fraction],
+    )
+    result.stored = con.execute("SELECT count(*) FROM requests").fetchone()[0] - before
+    result.duplicate = result.read - result.stored - result.rejected
+    con.execute("DROP TABLE IF EXISTS _checked; DROP TABLE IF EXISTS _counted")
+    return result
+
+
+def _ingest_batch_inputs(ctx: _Context, fmt_name: str) -> FileResult:
+    con = ctx.con
+    result = FileResult(path=str(ctx.path), format=fmt_name)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _binputs AS SELECT * EXCLUDE (raw) FROM ({ctx.stage_sql})")
+    staged = con.execute("SELECT count(*) FROM _binputs").fetchone()[0]
+    result.rejected, result.reject_reasons = _store_rejects(ctx, "_binputs", "reject_reason")
+    result.read = staged + (result.rejected - con.execute("SELECT count(*) FROM _binputs WHERE reject_reason IS NOT NULL").fetchone()[0])
+    result.stored = con.execute(
+        "INSERT INTO batch_requests SELECT ?, line_no, custom_id, body FROM _binputs WHERE reject_reason IS NULL",
+        [ctx.file_id],
+    ).fetchone()[0]
+    # Outputs ingested before their input get their prompt now.
+    con.execute(
+        """UPDATE requests SET messages = json_extract(b.body, '$.messages'),
+               temperature = TRY_CAST(b.body ->> 'temperature' AS DOUBLE),
+               max_tokens = audit_int(coalesce(b.body ->> 'max_completion_tokens', b.body ->> 'max_tokens'))
+        FROM (SELECT custom_id, any_value(body) AS body FROM _binputs WHERE reject_reason IS NULL GROUP BY custom_id) b
+        WHERE requests.source_format = 'openai-batch-output' AND requests.messages IS NULL
+          AND requests.native_id = b.custom_id"""
+    )
+    con.execute("DROP TABLE _binputs")
+    return result
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _forget_path(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """--replace: remove what earlier versions of this path stored."""
+    ids = [r[0] for r in con.execute("SELECT file_id FROM ingest_files WHERE path = ? AND NOT replaced", [path]).fetchall()]
+    if not ids:
+        return
+    for table in ("requests", "ingest_rejects", "batch_requests"):
+        con.execute(f"DELETE FROM {table} WHERE file_id IN (SELECT unnest(?::INTEGER[]))", [ids])
+    con.execute("UPDATE ingest_files SET replaced = true WHERE file_id IN (SELECT unnest(?::INTEGER[]))", [ids])
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    *,
+    forced_format: str | None = None,
+    options: IngestOptions | None = None,
+    sampled_fraction: float = 1.0,
+    replace: bool = False,
+    counter: TokenCounter | None = None,
+) -> FileResult:
+    options = options or IngestOptions()
+    counter = counter or TokenCounter()
+    options = IngestOptions(mapping=options.mapping, compression=compression_of(path))
+    size = path.stat().st_size
+    digest = sha256_of(path)
+    same = con.execute(
+        "SELECT path FROM ingest_files WHERE sha256 = ? AND NOT replaced ORDER BY file_id LIMIT 1", [digest]
+    ).fetchone()
+    if same and not (replace and same[0] == str(path)):
+        where = "" if same[0] == str(path) else f" (same content as {same[0]})"
+        return FileResult(path=str(path), format="-", skipped=f"already ingested{where}")
+    sample = read_sample(path, options.compression)
+    options.sample = sample
+    if not sample.head.strip(b"\xef\xbb\xbf \t\r\n"):
+        fmt_name, fmt = "empty", None
+    else:
+        fmt = by_name(forced_format) if forced_format else detect_format(sample)
+        if fmt is None:
+            raise InputError(
+                f"cannot tell the log format of {path}",
+                "force one with --format (see `audit ingest --help`) or map columns with --map",
+            )
+        fmt_name = fmt.name
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if replace:
+            _forget_path(con, str(path))
+        file_id = con.execute("SELECT nextval('ingest_files_seq')").fetchone()[0]
+        if fmt is None:
+            result = FileResult(path=str(path), format=fmt_name)
+        else:
+            ctx = _Context(con, path, file_id, fmt, fmt.stage_sql(con, path, options, file_id))
+            if fmt.target == "batch_input":
+                result = _ingest_batch_inputs(ctx, fmt_name)
+            else:
+                result = _ingest_requests(ctx, fmt_name, sampled_fraction, counter)
+        con.execute(
+            "INSERT INTO ingest_files (file_id, path, sha256, size_bytes, format, sampled_fraction, ingested_at, "
+            "rows_read, rows_stored, rows_duplicate, rows_rejected) VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?, ?, ?)",
+            [file_id, str(path), digest, size, fmt_name, sampled_fraction,
+             result.read, result.stored, result.duplicate, result.rejected],
+        )
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        con.execute("ROLLBACK")
+        raise InputError(f"cannot ingest {path} as {fmt_name}: {str(exc).splitlines()[0]}",
+                         "check the file, or force another --format") from None
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return result
+
+
+def ingest(
+    con: duckdb.DuckDBPyConnection,
+    paths: Iterable[str | Path],
+    *,
+    forced_format: str | None = None,
+    mapping: dict[str, str] | None = None,
+    sampled_fraction: float = 1.0,
+    replace: bool = False,
+    on_file: Callable[[FileResult], None] | None = None,
+) -> IngestSummary:
+    """Ingest every file under ``paths``; Batch API inputs before outputs."""
+    if not 0 < sampled_fraction <= 1:
+        from audit.errors import ConfigError
+
+        raise ConfigError(f"--sampled-fraction must be in (0, 1], got {sampled_fraction}",
+                          "e.g. 0.01 for an export holding 1% of calls")
+    if forced_format and by_name(forced_format) is None:
+        from audit.errors import ConfigError
+
+        raise ConfigError(f"unknown format {forced_format!r}",
+                          "use one of: " + ", ".join(f.name for f in registry()))
+    files = expand_paths(paths)
+    if not files:
+        raise InputError("no files to ingest", "pass log files, globs or folders")
+    # Batch inputs first, so outputs in the same run find their prompts.
+    files.sort(key=lambda p: (0 if "input" in p.name.lower() and "batch" in str(p).lower() else 1, str(p)))
+    options = IngestOptions(mapping=mapping or {})
+    counter = TokenCounter()
+    results = []
+    for path in files:
+        result = ingest_file(con, path, forced_format=forced_format, options=options,
+                             sampled_fraction=sampled_fraction, replace=replace, counter=counter)
+        results.append(result)
+        if on_file:
+            on_file(result)
+    return IngestSummary(results)

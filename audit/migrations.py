@@ -1,0 +1,127 @@
+"""Numbered schema migrations, applied in order when the database is opened.
+
+A migration, once shipped, is never edited: change the schema by adding the
+next number. ``schema_migrations`` records which ones a database has.
+
+Tables (the stage that owns each is named in its module's docstring):
+
+- ``ingest_files``: one row per ingested file version (path + sha256).
+- ``requests``: the normalised ledger, one row per LLM call.
+- ``ingest_rejects``: records that could not be stored, with file, line and reason.
+- ``batch_requests``: OpenAI Batch API *input* lines, kept so output lines
+  ingested before or after them can be joined on ``custom_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: list[tuple[int, str, Migration]] = []
+
+
+def migration(number: int, name: str) -> Callable[[Migration], Migration]:
+    def register(fn: Migration) -> Migration:
+        MIGRATIONS.append((number, name, fn))
+        return fn
+
+    return register
+
+
+@migration(1, "ingest ledger")
+def _m001_ingest(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE SEQUENCE ingest_files_seq START 1;
+        CREATE TABLE ingest_files (
+            file_id          INTEGER PRIMARY KEY DEFAULT nextval('ingest_files_seq'),
+            path             VARCHAR NOT NULL,   -- absolute path as given
+            sha256           VARCHAR NOT NULL,   -- of the bytes on disk
+            size_bytes       BIGINT NOT NULL,
+            format           VARCHAR NOT NULL,
+            sampled_fraction DOUBLE NOT NULL,    -- share of real traffic the export holds
+            ingested_at      TIMESTAMP NOT NULL,
+            rows_read        BIGINT NOT NULL,    -- non-blank records seen
+            rows_stored      BIGINT NOT NULL,
+            rows_duplicate   BIGINT NOT NULL,    -- already in the ledger (same request_id)
+            rows_rejected    BIGINT NOT NULL,
+            replaced         BOOLEAN NOT NULL DEFAULT false  -- superseded by --replace
+        );
+        CREATE TABLE requests (
+            -- md5(format, native id or raw record). Unique, enforced by ingest's
+            -- anti-join rather than an index: the index halves bulk-insert speed.
+            request_id          VARCHAR NOT NULL,
+            native_id           VARCHAR,              -- the source's own id (chatcmpl-…, custom_id, uuid)
+            file_id             INTEGER NOT NULL,
+            source_line         BIGINT NOT NULL,      -- 1-based line or row in the file
+            source_format       VARCHAR NOT NULL,
+            started_at          TIMESTAMP,            -- UTC
+            provider            VARCHAR,
+            model_logged        VARCHAR,              -- as the source wrote it
+            model               VARCHAR,              -- normalised: lower case, no provider prefix, no date suffix
+            user_id             VARCHAR,
+            session_id          VARCHAR,
+            prompt_name         VARCHAR,              -- explicit template name, where the source has one
+            prompt_version      VARCHAR,
+            messages            JSON,                 -- [{role, content}], system prompt first
+            response_text       VARCHAR,
+            input_tokens        BIGINT,               -- all input, cached included
+            cached_input_tokens BIGINT,
+            cache_write_tokens  BIGINT,
+            output_tokens       BIGINT,               -- reasoning included
+            reasoning_tokens    BIGINT,
+            tokens_source       VARCHAR NOT NULL,     -- 'logged' | 'counted' | 'none'
+            logged_cost_usd     DOUBLE,
+            latency_ms          DOUBLE,
+            status              VARCHAR NOT NULL,     -- 'ok' | 'error'
+            status_code         INTEGER,
+            error_message       VARCHAR,
+            is_batch            BOOLEAN NOT NULL,
+            service_tier        VARCHAR,
+            temperature         DOUBLE,
+            max_tokens          BIGINT,
+            sampled_fraction    DOUBLE NOT NULL,      -- copied from the file: weight = 1 / fraction
+            metadata            JSON
+        );
+        CREATE TABLE ingest_rejects (
+            file_id   INTEGER NOT NULL,
+            path      VARCHAR NOT NULL,
+            line_no   BIGINT,
+            reason    VARCHAR NOT NULL,
+            raw       VARCHAR                        -- the record's text, capped
+        );
+        CREATE TABLE batch_requests (
+            file_id   INTEGER NOT NULL,
+            line_no   BIGINT NOT NULL,
+            custom_id VARCHAR NOT NULL,
+            body      JSON NOT NULL
+        );
+        """
+    )
+
+
+def apply(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Apply every migration the database lacks; return the numbers applied."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(number INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    done = {row[0] for row in con.execute("SELECT number FROM schema_migrations").fetchall()}
+    applied = []
+    for number, name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
+        if number in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fn(con)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [number, name]
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(number)
+    return applied

@@ -1,0 +1,57 @@
+"""Rich tables for the terminal (stderr). UI only: the core never imports this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from audit.console import err
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def _n(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _usage_table(title: str, key: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column(key)
+    for column in ("calls", "calls (scaled)", "failed", "input tok", "cached", "output tok", "logged cost"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row.get(key.lower(), row.get(key)) or "(none)"), _n(row["calls"]), _n(row["calls_scaled"]),
+            _n(row["failed"]), _n(row["input_tokens"]), _n(row["cached_input_tokens"]),
+            _n(row["output_tokens"]), _money(row["logged_cost_usd"]),
+        )
+    return table
+
+
+def render_spend(summary: dict[str, Any], *, days: int) -> None:
+    ingest, totals = summary["ingest"], summary["totals"]
+    err.print(
+        f"[bold]{ingest['files']:,} files[/]: read {ingest['read']:,} = stored {ingest['stored']:,} "
+        f"+ duplicate {ingest['duplicate']:,} + rejected {ingest['rejected']:,}"
+    )
+    if totals["calls"] == 0:
+        err.print("The ledger is empty: run `audit ingest LOGS...` first.")
+        return
+    err.print(
+        f"{totals['calls']:,} calls ({totals['calls_scaled']:,.0f} after scaling by sampled fraction) "
+        f"from {totals['first_call']} to {totals['last_call']}"
+        + (f", {totals['undated']:,} undated" if totals["undated"] else "")
+        + f"; tokens not logged (counted) for {totals['tokens_not_logged']:,}"
+    )
+    err.print(_usage_table("By model", "model", summary["by_model"]))
+    err.print(_usage_table(f"By day (last {days})", "day", summary["by_day"][-days:]))
+    if summary["reject_reasons"]:
+        table = Table(title="Rejected records", title_justify="left", header_style="bold")
+        table.add_column("reason")
+        table.add_column("records", justify="right")
+        for row in summary["reject_reasons"]:
+            table.add_row(row["reason"], _n(row["records"]))
+        err.print(table)
