@@ -102,16 +102,61 @@ class Format:
         raise NotImplementedError
 
 
+def records_relation(con: duckdb.DuckDBPyConnection, name: str, records: list[dict]) -> str:
+    """Register Python-built records as a stage source named ``name``.
+
+    For formats read with Python (SQLite, whole-document JSON): each record is
+    a dict of stage column → value (str/None; ``line_no`` int, ``is_batch``
+    bool) plus ``raw``, the record's text. Missing keys are NULL.
+    """
+    import pyarrow as pa
+
+    columns = {}
+    for column, sql_type in STAGE_COLUMNS + [("raw", "VARCHAR")]:
+        arrow_type = pa.int64() if sql_type == "BIGINT" else pa.bool_() if sql_type == "BOOLEAN" else pa.string()
+        values = [r.get(column) for r in records]
+        if arrow_type == pa.string():
+            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+        columns[column] = pa.array(values, arrow_type)
+    con.register(name, pa.table(columns))
+    return name
+
+
+# (module, class) of every format, most specific first: sniffing takes the
+# first that matches, so the catch-all ``generic`` comes last.
+_FORMATS = [
+    ("openai_batch", "BatchOutput"),
+    ("anthropic", "AnthropicBatchResults"),
+    ("openai_batch", "BatchInput"),
+    ("openai_chat", "ChatPairs"),
+    ("openai_responses", "ResponsesPairs"),
+    ("anthropic", "AnthropicPairs"),
+    ("helicone", "Helicone"),
+    ("langfuse", "Langfuse"),
+    ("litellm", "LiteLLMSpendLogs"),
+    ("otel", "OtelSpans"),
+    ("llm_logsdb", "LlmLogsDb"),
+    ("sharegpt", "ShareGPT"),
+    ("hf_dataset", "HFDataset"),
+    ("generic", "Generic"),
+]
+
+
 def registry() -> list[Format]:
     """All formats, most specific first (sniffing takes the first that matches)."""
-    from audit.formats import generic, openai_batch, openai_chat
+    import importlib
 
-    return [
-        openai_batch.BatchOutput(),
-        openai_batch.BatchInput(),
-        openai_chat.ChatPairs(),
-        generic.Generic(),
-    ]
+    formats = []
+    for module_name, class_name in _FORMATS:
+        try:
+            module = importlib.import_module(f"audit.formats.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"audit.formats.{module_name}":
+                continue  # not written yet
+            raise
+        if hasattr(module, class_name):
+            formats.append(getattr(module, class_name)())
+    return formats
 
 
 def by_name(name: str) -> Format | None:
