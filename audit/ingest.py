@@ -184,7 +184,10 @@ def _check_sql() -> str:
     """Shared validity checks → the first failing reason, or NULL."""
     whens = [
         "WHEN reject_reason IS NOT NULL THEN reject_reason",
-        "WHEN model_logged IS NULL OR trim(model_logged) = '' THEN 'no model name'",
+        # A failed call may not say which model it asked for (a batch error
+        # line without its input): it costs nothing and is still kept.
+        "WHEN (model_logged IS NULL OR trim(model_logged) = '') AND coalesce(status, "
+        "CASE WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END) = 'ok' THEN 'no model name'",
         "WHEN started_at_raw IS NOT NULL AND audit_ts(started_at_raw) IS NULL "
         "THEN 'unreadable timestamp: ' || left(started_at_raw, 60)",
     ]

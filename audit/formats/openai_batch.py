@@ -85,7 +85,8 @@ class BatchOutput(Format):
                 "native_id": "j.custom_id",
                 "dedupe_key": "coalesce(j.id, j.custom_id)",
                 "started_at_raw": "resp.created",
-                "provider": "'openai'",
+                # The wire format is OpenAI's, the provider may not be (Groq, Azure, a gateway).
+                "provider": "audit_provider_for(coalesce(resp.model, req.model))",
                 "model_logged": "coalesce(resp.model, req.model)",
                 "user_id": "coalesce(req.user, req.metadata ->> 'user_id')",
                 "session_id": "req.metadata ->> 'session_id'",

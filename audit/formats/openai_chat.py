@@ -109,7 +109,8 @@ class ChatPairs(Format):
                 "native_id": "coalesce(j.id, resp.id)",
                 "dedupe_key": "coalesce(j.id, resp.id)",
                 "started_at_raw": "coalesce(j.timestamp, j.created_at, j.ts, resp.created)",
-                "provider": "'openai'",
+                # The wire format is OpenAI's, the provider may not be (Groq, Azure, a gateway).
+                "provider": "audit_provider_for(coalesce(resp.model, req.model))",
                 "model_logged": "coalesce(resp.model, req.model)",
                 "user_id": "coalesce(j.metadata ->> 'user_id', j.user_id, req.user, req.metadata ->> 'user_id')",
                 "session_id": "coalesce(j.metadata ->> 'session_id', req.metadata ->> 'session_id')",
