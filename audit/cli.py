@@ -66,9 +66,19 @@ def ingest(
     from audit.ingest import expand_paths
 
     n_files = len(expand_paths(paths))
-    with console.progress_bar("ingesting", n_files) as advance:
+    # Each file is worth 100 units: half reading, half storing.
+    with console.progress_bar("ingesting", n_files * 100, show_count=False) as bar:
+        done_files = 0
+
+        def on_progress(path, phase, percent) -> None:
+            offset = 0 if phase == "reading" else 50
+            bar.set(completed=done_files * 100 + offset + percent / 2,
+                    description=f"{phase} {path.name} ({done_files + 1}/{n_files})")
+
         def on_file(result) -> None:
-            advance(1)
+            nonlocal done_files
+            done_files += 1
+            bar.set(completed=done_files * 100)
             if result.skipped:
                 console.err.print(f"[dim]skip[/] {result.path}: {result.skipped}")
             else:
@@ -81,7 +91,8 @@ def ingest(
                     console.err.print(f"       [yellow]rejected[/] {count:,} × {reason}")
 
         summary = run_ingest(con, paths, forced_format=format, mapping=mapping,
-                             sampled_fraction=sampled_fraction, replace=replace, on_file=on_file)
+                             sampled_fraction=sampled_fraction, replace=replace, on_file=on_file,
+                             on_progress=on_progress)
     t = summary.as_dict()["totals"]
     console.err.print(
         f"[bold]total[/]: read {t['read']:,} = stored {t['stored']:,} + duplicate {t['duplicate']:,} "

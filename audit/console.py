@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from audit.errors import AuditError
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
@@ -30,16 +30,24 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+class Bar:
+    """One task of a rich progress display: ``advance`` it or ``set`` its state."""
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: float = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def set(self, *, completed: float | None = None, description: str | None = None) -> None:
+        self._progress.update(self._task, completed=completed, description=description)
+
+
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Any]:
-    """A stderr progress bar; yields ``advance(n, description=None)``."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+def progress_bar(description: str, total: float | None, *, show_count: bool = True) -> Iterator[Bar]:
+    """A transient progress bar on stderr (only when stderr is a terminal)."""
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += [MofNCompleteColumn()] if show_count else [TextColumn("{task.percentage:>3.0f}%")]
+    columns += [TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(n: int = 1, description: str | None = None) -> None:
-            if description:
-                progress.update(task, description=description)
-            progress.advance(task, n)
-
-        yield advance
+        yield Bar(progress, progress.add_task(description, total=total))

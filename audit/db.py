@@ -96,5 +96,7 @@ def connect(path: str | Path = DEFAULT_DB, *, read_only: bool = False) -> duckdb
         migrations.apply(con)
     # Zone-less timestamps in logs are UTC; the session zone makes casts agree.
     con.execute("SET TimeZone = 'UTC'")
+    # Progress is read with query_progress() for our own bars; DuckDB must not print its own.
+    con.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
     con.execute(_MACROS)
     return con

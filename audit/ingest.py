@@ -29,7 +29,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +213,9 @@ def _check_sql() -> str:
     return "CASE " + "\n  ".join(whens) + " END"
 
 
+ProgressReport = Callable[[str, float], None]   # (phase, percent of that phase)
+
+
 @dataclass
 class _Context:
     con: duckdb.DuckDBPyConnection
@@ -218,6 +223,31 @@ class _Context:
     file_id: int
     fmt: Format
     stage_sql: str
+    report: ProgressReport | None = None
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Report DuckDB's own progress on the running statement, from a side thread."""
+        if self.report is None:
+            yield
+            return
+        report = self.report
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(0.25):
+                percent = self.con.query_progress()
+                if percent >= 0:
+                    report(name, percent)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            poller.join()
+            report(name, 100.0)
 
 
 def _csv_level_rejects(ctx: _Context) -> list[tuple[int, str, str]]:
@@ -297,7 +327,7 @@ def _count_missing_tokens(con: duckdb.DuckDBPyConnection, counter: TokenCounter)
     """Count tokens with tiktoken for good calls that logged no usage."""
     todo = con.execute(
         "SELECT line_no, model_logged, messages, response_text FROM _checked "
-        "WHERE why IS NULL AND status = 'ok' AND (input_norm IS NULL OR output_norm IS NULL)"
+        "WHERE why IS NULL AND call_status = 'ok' AND (input_norm IS NULL OR output_norm IS NULL)"
     ).fetchall()
     counts = counter.count_chats([(model, messages, text) for _, model, messages, text in todo]) if todo else []
     table = pa.table(
@@ -316,21 +346,21 @@ def _count_missing_tokens(con: duckdb.DuckDBPyConnection, counter: TokenCounter)
 def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, counter: TokenCounter) -> FileResult:
     con = ctx.con
     result = FileResult(path=str(ctx.path), format=fmt_name)
-    # Records without an id are identified by their content (hashing is costly: only for those).
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT * EXCLUDE (raw), "
-                f"md5(? || ':' || CASE WHEN dedupe_key IS NULL THEN md5(raw::VARCHAR) ELSE dedupe_key END) AS request_id FROM ({ctx.stage_sql})",
-                [fmt_name])
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _checked AS
-        SELECT *, {_check_sql()} AS why,
-               {_INPUT_NORMALISED} AS input_norm,
-               {_OUTPUT_NORMALISED} AS output_norm,
-               CASE WHEN status IS NOT NULL THEN status WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END AS status_final
-        FROM _stage"""
-    )
-    con.execute("ALTER TABLE _checked DROP COLUMN status")
-    con.execute("ALTER TABLE _checked RENAME COLUMN status_final TO status")
-    con.execute("DROP TABLE _stage")
+    # One pass: parse, identify, check and normalise. Records without an id
+    # are identified by their content (hashing is costly: only for those).
+    with ctx.phase("reading"):
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _checked AS
+            SELECT *, {_check_sql()} AS why,
+                   {_INPUT_NORMALISED} AS input_norm,
+                   {_OUTPUT_NORMALISED} AS output_norm,
+                   CASE WHEN status IS NOT NULL THEN status WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END
+                       AS call_status
+            FROM (SELECT * EXCLUDE (raw),
+                         md5(? || ':' || CASE WHEN dedupe_key IS NULL THEN md5(raw::VARCHAR) ELSE dedupe_key END) AS request_id
+                  FROM ({ctx.stage_sql}))""",
+            [fmt_name],
+        )
     staged = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
     # Rejects first: storing them renumbers lines past reader-level rejects.
     result.rejected, result.reject_reasons = _store_rejects(ctx, "_checked", "why")
@@ -343,36 +373,37 @@ def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, coun
         "QUALIFY row_number() OVER (PARTITION BY c.request_id ORDER BY c.line_no DESC) = 1" if repeats else ""
     )
     before = con.execute("SELECT count(*) FROM requests").fetchone()[0]
-    con.execute(
-        f"""INSERT INTO requests
-        SELECT c.request_id, c.native_id, ?, c.line_no, ?,
-               audit_ts(c.started_at_raw),
-               coalesce(lower(c.provider), audit_provider_for(c.model_logged)),
-               c.model_logged, audit_normalize_model(c.model_logged),
-               c.user_id, c.session_id, c.prompt_name, c.prompt_version,
-               c.messages::JSON, c.response_text,
-               coalesce(c.input_norm, k.counted_input),
-               CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_read), 0)
-                    WHEN k.counted_input IS NOT NULL THEN 0 END,
-               CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_write), 0)
-                    WHEN k.counted_input IS NOT NULL THEN 0 END,
-               coalesce(c.output_norm, k.counted_output),
-               CASE WHEN c.output_norm IS NOT NULL THEN coalesce(audit_int(c.usage_reasoning), 0)
-                    WHEN k.counted_output IS NOT NULL THEN 0 END,
-               CASE WHEN c.input_norm IS NOT NULL AND c.output_norm IS NOT NULL THEN 'logged'
-                    WHEN c.input_norm IS NULL AND c.output_norm IS NULL AND k.counted_input IS NOT NULL THEN 'counted'
-                    WHEN coalesce(c.input_norm, k.counted_input) IS NOT NULL THEN 'logged+counted'
-                    ELSE 'none' END,
-               TRY_CAST(c.logged_cost_usd AS DOUBLE), TRY_CAST(c.latency_ms AS DOUBLE),
-               c.status, TRY_CAST(TRY_CAST(c.status_code AS DOUBLE) AS INTEGER), c.error_message,
-               coalesce(c.is_batch, false), c.service_tier,
-               TRY_CAST(c.temperature AS DOUBLE), audit_int(c.max_tokens),
-               ?, c.metadata::JSON
-        FROM _checked c LEFT JOIN _counted k USING (line_no)
-        WHERE c.why IS NULL AND c.request_id NOT IN (SELECT request_id FROM requests)
-        {last_copy_only}""",
-        [ctx.file_id, fmt_name, sampled_fraction],
-    )
+    with ctx.phase("storing"):
+        con.execute(
+            f"""INSERT INTO requests
+            SELECT c.request_id, c.native_id, ?, c.line_no, ?,
+                   audit_ts(c.started_at_raw),
+                   coalesce(lower(c.provider), audit_provider_for(c.model_logged)),
+                   c.model_logged, audit_normalize_model(c.model_logged),
+                   c.user_id, c.session_id, c.prompt_name, c.prompt_version,
+                   c.messages, c.response_text,
+                   coalesce(c.input_norm, k.counted_input),
+                   CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_read), 0)
+                        WHEN k.counted_input IS NOT NULL THEN 0 END,
+                   CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_write), 0)
+                        WHEN k.counted_input IS NOT NULL THEN 0 END,
+                   coalesce(c.output_norm, k.counted_output),
+                   CASE WHEN c.output_norm IS NOT NULL THEN coalesce(audit_int(c.usage_reasoning), 0)
+                        WHEN k.counted_output IS NOT NULL THEN 0 END,
+                   CASE WHEN c.input_norm IS NOT NULL AND c.output_norm IS NOT NULL THEN 'logged'
+                        WHEN c.input_norm IS NULL AND c.output_norm IS NULL AND k.counted_input IS NOT NULL THEN 'counted'
+                        WHEN coalesce(c.input_norm, k.counted_input) IS NOT NULL THEN 'logged+counted'
+                        ELSE 'none' END,
+                   TRY_CAST(c.logged_cost_usd AS DOUBLE), TRY_CAST(c.latency_ms AS DOUBLE),
+                   c.call_status, TRY_CAST(TRY_CAST(c.status_code AS DOUBLE) AS INTEGER), c.error_message,
+                   coalesce(c.is_batch, false), c.service_tier,
+                   TRY_CAST(c.temperature AS DOUBLE), audit_int(c.max_tokens),
+                   ?, c.metadata
+            FROM _checked c LEFT JOIN _counted k USING (line_no)
+            WHERE c.why IS NULL AND c.request_id NOT IN (SELECT request_id FROM requests)
+            {last_copy_only}""",
+            [ctx.file_id, fmt_name, sampled_fraction],
+        )
     result.stored = con.execute("SELECT count(*) FROM requests").fetchone()[0] - before
     result.duplicate = result.read - result.stored - result.rejected
     con.execute("DROP TABLE IF EXISTS _checked; DROP TABLE IF EXISTS _counted")
@@ -425,6 +456,7 @@ def ingest_file(
     sampled_fraction: float = 1.0,
     replace: bool = False,
     counter: TokenCounter | None = None,
+    report: ProgressReport | None = None,
 ) -> FileResult:
     options = options or IngestOptions()
     counter = counter or TokenCounter()
@@ -457,7 +489,7 @@ def ingest_file(
         if fmt is None:
             result = FileResult(path=str(path), format=fmt_name)
         else:
-            ctx = _Context(con, path, file_id, fmt, fmt.stage_sql(con, path, options, file_id))
+            ctx = _Context(con, path, file_id, fmt, fmt.stage_sql(con, path, options, file_id), report)
             if fmt.target == "batch_input":
                 result = _ingest_batch_inputs(ctx, fmt_name)
             else:
@@ -488,6 +520,7 @@ def ingest(
     sampled_fraction: float = 1.0,
     replace: bool = False,
     on_file: Callable[[FileResult], None] | None = None,
+    on_progress: Callable[[Path, str, float], None] | None = None,
 ) -> IngestSummary:
     """Ingest every file under ``paths``; Batch API inputs before outputs."""
     if not 0 < sampled_fraction <= 1:
@@ -509,8 +542,9 @@ def ingest(
     counter = TokenCounter()
     results = []
     for path in files:
+        report = (lambda phase, percent, path=path: on_progress(path, phase, percent)) if on_progress else None
         result = ingest_file(con, path, forced_format=forced_format, options=options,
-                             sampled_fraction=sampled_fraction, replace=replace, counter=counter)
+                             sampled_fraction=sampled_fraction, replace=replace, counter=counter, report=report)
         results.append(result)
         if on_file:
             on_file(result)

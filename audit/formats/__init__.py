@@ -33,7 +33,7 @@ STAGE_COLUMNS: list[tuple[str, str]] = [
     ("session_id", "VARCHAR"),
     ("prompt_name", "VARCHAR"),
     ("prompt_version", "VARCHAR"),
-    ("messages", "VARCHAR"),          # JSON array [{role, content, ...}], system first
+    ("messages", "JSON"),             # array [{role, content, ...}], system first (JSON: no re-parse)
     ("response_text", "VARCHAR"),
     # Token counts exactly as logged, and which provider's meaning they carry:
     #   'openai'    input includes cache reads/writes; output includes reasoning
@@ -54,7 +54,7 @@ STAGE_COLUMNS: list[tuple[str, str]] = [
     ("service_tier", "VARCHAR"),
     ("temperature", "VARCHAR"),
     ("max_tokens", "VARCHAR"),
-    ("metadata", "VARCHAR"),          # JSON object of whatever else the source had
+    ("metadata", "JSON"),             # object of whatever else the source had
 ]
 STAGE_NAMES = [name for name, _ in STAGE_COLUMNS]
 
