@@ -82,8 +82,13 @@ class ChatPairs(Format):
         if not isinstance(first, dict):
             return False
         request = first.get("request", first.get("request_body"))
-        return isinstance(request, dict) and "messages" in request and (
-            "response" in first or "response_body" in first
+        response = first.get("response", first.get("response_body"))
+        if not (isinstance(request, dict) and "messages" in request and isinstance(response, dict)):
+            return False
+        # Anthropic Messages and the Responses API use the same envelope: tell
+        # them apart by the response body.
+        return "choices" in response or response.get("object") == "chat.completion" or (
+            "error" in response and response.get("type") != "error"
         )
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
