@@ -48,6 +48,7 @@ def ingest(
     db: DbOption = Path(audit_db.DEFAULT_DB),
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Force a format instead of detecting it. " + "Formats: see `audit formats`.")] = None,
     map: Annotated[Optional[list[str]], typer.Option("--map", help="For CSV/Parquet/JSONL tables: SOURCE_COLUMN=LEDGER_FIELD (repeatable).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The model that served calls whose log does not name one (ShareGPT, HF datasets, tables without a model column); never overrides a logged model.")] = None,
     sampled_fraction: Annotated[float, typer.Option("--sampled-fraction", help="Share of all calls the export holds (0.01 = a 1% sample); totals are scaled by 1/fraction.")] = 1.0,
     replace: Annotated[bool, typer.Option("--replace", help="Re-ingest a changed file: first remove what earlier versions of the same path stored.")] = False,
     json: JsonOption = False,
@@ -90,7 +91,7 @@ def ingest(
                 for reason, count in result.reject_reasons.items():
                     console.err.print(f"       [yellow]rejected[/] {count:,} × {reason}")
 
-        summary = run_ingest(con, paths, forced_format=format, mapping=mapping,
+        summary = run_ingest(con, paths, forced_format=format, mapping=mapping, default_model=model,
                              sampled_fraction=sampled_fraction, replace=replace, on_file=on_file,
                              on_progress=on_progress)
     t = summary.as_dict()["totals"]

@@ -84,7 +84,8 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
                 if child.is_file() and not any(p.startswith(".") for p in child.relative_to(path).parts) \
-                        and not child.name.lower().endswith(_SKIPPED_IN_DIRECTORIES):
+                        and not child.name.lower().endswith(_SKIPPED_IN_DIRECTORIES) \
+                        and not _inside_saved_dataset(child):
                     files.append(child)
         elif path.is_file():
             files.append(path)
@@ -101,6 +102,14 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     for f in files:
         unique.setdefault(f.resolve(), None)
     return list(unique)
+
+
+def _inside_saved_dataset(path: Path) -> bool:
+    """A saved Hugging Face dataset is read whole through its ``state.json``: skip its other files."""
+    if path.name == "dataset_dict.json":
+        return True
+    saved = (path.parent / "state.json").is_file() and (path.parent / "dataset_info.json").is_file()
+    return saved and path.name != "state.json"
 
 
 def compression_of(path: Path) -> str:
@@ -326,17 +335,18 @@ def _store_rejects(ctx: _Context, stage_table: str, reason_column: str) -> tuple
 def _count_missing_tokens(con: duckdb.DuckDBPyConnection, counter: TokenCounter) -> int:
     """Count tokens with tiktoken for good calls that logged no usage."""
     todo = con.execute(
-        "SELECT line_no, model_logged, messages, response_text FROM _checked "
+        "SELECT stage_row, model_logged, messages, response_text FROM _checked "
         "WHERE why IS NULL AND call_status = 'ok' AND (input_norm IS NULL OR output_norm IS NULL)"
     ).fetchall()
     counts = counter.count_chats([(model, messages, text) for _, model, messages, text in todo]) if todo else []
     table = pa.table(
         {
-            "line_no": pa.array([row[0] for row in todo], pa.int64()),
+            "stage_row": pa.array([row[0] for row in todo], pa.int64()),
             "counted_input": pa.array([c[0] for c in counts], pa.int64()),
             "counted_output": pa.array([c[1] for c in counts], pa.int64()),
         }
     )
+    con.complete()
     con.register("_counted_arrow", table)
     con.execute("CREATE OR REPLACE TEMP TABLE _counted AS SELECT * FROM _counted_arrow")
     con.unregister("_counted_arrow")
@@ -351,7 +361,7 @@ def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, coun
     with ctx.phase("reading"):
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _checked AS
-            SELECT *, {_check_sql()} AS why,
+            SELECT *, row_number() OVER () AS stage_row, {_check_sql()} AS why,
                    {_INPUT_NORMALISED} AS input_norm,
                    {_OUTPUT_NORMALISED} AS output_norm,
                    CASE WHEN status IS NOT NULL THEN status WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END
@@ -399,7 +409,7 @@ def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, coun
                    coalesce(c.is_batch, false), c.service_tier,
                    TRY_CAST(c.temperature AS DOUBLE), audit_int(c.max_tokens),
                    ?, c.metadata
-            FROM _checked c LEFT JOIN _counted k USING (line_no)
+            FROM _checked c LEFT JOIN _counted k USING (stage_row)
             WHERE c.why IS NULL AND c.request_id NOT IN (SELECT request_id FROM requests)
             {last_copy_only}""",
             [ctx.file_id, fmt_name, sampled_fraction],
@@ -460,7 +470,8 @@ def ingest_file(
 ) -> FileResult:
     options = options or IngestOptions()
     counter = counter or TokenCounter()
-    options = IngestOptions(mapping=options.mapping, compression=compression_of(path))
+    options = IngestOptions(mapping=options.mapping, default_model=options.default_model,
+                            compression=compression_of(path))
     size = path.stat().st_size
     digest = sha256_of(path)
     same = con.execute(
@@ -517,6 +528,7 @@ def ingest(
     *,
     forced_format: str | None = None,
     mapping: dict[str, str] | None = None,
+    default_model: str | None = None,
     sampled_fraction: float = 1.0,
     replace: bool = False,
     on_file: Callable[[FileResult], None] | None = None,
@@ -538,7 +550,7 @@ def ingest(
         raise InputError("no files to ingest", "pass log files, globs or folders")
     # Batch inputs first, so outputs in the same run find their prompts.
     files.sort(key=lambda p: (0 if "input" in p.name.lower() and "batch" in str(p).lower() else 1, str(p)))
-    options = IngestOptions(mapping=mapping or {})
+    options = IngestOptions(mapping=mapping or {}, default_model=default_model)
     counter = TokenCounter()
     results = []
     for path in files:

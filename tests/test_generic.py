@@ -69,4 +69,4 @@ def test_mapping_errors_say_what_to_do(con, tmp_path):
     no_model.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="no column gives the model name") as info:
         ingest(con, [no_model])
-    assert "--map COLUMN=model" in info.value.hint
+    assert "--map COLUMN=model" in info.value.hint and "--model NAME" in info.value.hint

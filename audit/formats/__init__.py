@@ -82,6 +82,7 @@ class Sample:
 @dataclass
 class IngestOptions:
     mapping: dict[str, str] = field(default_factory=dict)   # --map source=ledger
+    default_model: str | None = None                        # --model: for sources that name none
     compression: str = "none"                               # none | gzip | zstd
     sample: Sample | None = None                            # what sniffing saw of this file
 
@@ -111,6 +112,7 @@ def records_relation(con: duckdb.DuckDBPyConnection, name: str, records: list[di
     """
     import pyarrow as pa
 
+    con.complete()  # DuckDB 2 refuses register() while an execute() result is still open
     columns = {}
     for column, sql_type in STAGE_COLUMNS + [("raw", "VARCHAR")]:
         arrow_type = pa.int64() if sql_type == "BIGINT" else pa.bool_() if sql_type == "BOOLEAN" else pa.string()

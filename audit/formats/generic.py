@@ -150,10 +150,10 @@ class Generic(Format):
             )
             raw = "raw"
         fields = resolve_columns(columns, options.mapping)
-        if "model" not in fields:
+        if "model" not in fields and not options.default_model:
             raise InputError(
                 f"{path}: no column gives the model name (columns: {', '.join(columns[:20])})",
-                "name it with --map COLUMN=model, or force another --format",
+                "name it with --map COLUMN=model, give it with --model NAME, or force another --format",
             )
         if not {"messages", "prompt", "input_tokens"} & set(fields):
             raise InputError(
@@ -164,6 +164,9 @@ class Generic(Format):
         for ledger_field, column in fields.items():
             if ledger_field not in ("prompt", "system", "messages"):
                 exprs[LEDGER_FIELDS[ledger_field]] = value(column)
+        if options.default_model:
+            logged = exprs.get("model_logged", "NULL")
+            exprs["model_logged"] = f"coalesce({logged}, {sql_string(options.default_model)})"
         exprs["messages"] = _messages_sql(fields, value)
         exprs["usage_semantics"] = "'openai'"
         exprs["dedupe_key"] = exprs.get("native_id", "NULL")
