@@ -130,10 +130,11 @@ _FORMATS = [
     ("openai_batch", "BatchOutput"),
     ("anthropic", "AnthropicBatchResults"),
     ("openai_batch", "BatchInput"),
+    # Helicone rows also carry request_body/response_body: before the pair formats.
+    ("helicone", "Helicone"),
     ("openai_chat", "ChatPairs"),
     ("openai_responses", "ResponsesPairs"),
     ("anthropic", "AnthropicPairs"),
-    ("helicone", "Helicone"),
     ("langfuse", "Langfuse"),
     ("litellm", "LiteLLMSpendLogs"),
     ("otel", "OtelSpans"),
