@@ -103,12 +103,13 @@ class Format:
         raise NotImplementedError
 
 
-def records_relation(con: duckdb.DuckDBPyConnection, name: str, records: list[dict]) -> str:
-    """Register Python-built records as a stage source named ``name``.
+def records_stage(con: duckdb.DuckDBPyConnection, name: str, records: list[dict]) -> str:
+    """Register Python-built records as ``name`` and return their stage SELECT.
 
     For formats read with Python (SQLite, whole-document JSON): each record is
     a dict of stage column → value (str/None; ``line_no`` int, ``is_batch``
-    bool) plus ``raw``, the record's text. Missing keys are NULL.
+    bool) plus ``raw``, the record's text. Missing keys are NULL; JSON columns
+    are cast (and so checked) by ``select_stage``.
     """
     import pyarrow as pa
 
@@ -121,7 +122,7 @@ def records_relation(con: duckdb.DuckDBPyConnection, name: str, records: list[di
             values = [v if v is None or isinstance(v, str) else str(v) for v in values]
         columns[column] = pa.array(values, arrow_type)
     con.register(name, pa.table(columns))
-    return name
+    return select_stage({column: column for column in [*STAGE_NAMES, "raw"]}, name)
 
 
 # (module, class) of every format, most specific first: sniffing takes the

@@ -167,7 +167,7 @@ class Generic(Format):
         if options.default_model:
             logged = exprs.get("model_logged", "NULL")
             exprs["model_logged"] = f"coalesce({logged}, {sql_string(options.default_model)})"
-        exprs["messages"] = _messages_sql(fields, value)
+        exprs["messages"] = table_messages_sql(fields, value)
         exprs["usage_semantics"] = "'openai'"
         exprs["dedupe_key"] = exprs.get("native_id", "NULL")
         exprs["is_batch"] = "false"
@@ -193,7 +193,7 @@ def _json_key(column: str) -> str:
     return '"' + column.replace('"', '\\"') + '"'
 
 
-def _messages_sql(fields: dict[str, str], value) -> str:
+def table_messages_sql(fields: dict[str, str], value) -> str:
     if "messages" in fields:
         m = value(fields["messages"])
         return f"CASE WHEN json_valid({m}) AND json_type({m}) = 'ARRAY' THEN {m} END"

@@ -47,8 +47,8 @@ import duckdb
 import pyarrow as pa
 
 from audit.errors import InputError
-from audit.formats import Format, IngestOptions, Sample, select_stage
-from audit.formats.generic import LEDGER_FIELDS, _messages_sql, resolve_columns
+from audit.formats import Format, IngestOptions, Sample, records_stage, select_stage
+from audit.formats.generic import LEDGER_FIELDS, resolve_columns, table_messages_sql
 from audit.formats.lines import sql_string
 from audit.formats.sharegpt import (
     CONVERSATION_KEYS,
@@ -56,7 +56,6 @@ from audit.formats.sharegpt import (
     expand_conversation,
     number_rows,
     plan_conversations,
-    records_stage,
 )
 
 _SHARD = re.compile(r"^data-\d+-of-\d+\.arrow$")
@@ -222,7 +221,7 @@ class HFDataset(Format):
                 exprs[LEDGER_FIELDS[ledger_field]] = value(column)
         if default_model:
             exprs["model_logged"] = f"coalesce({exprs.get('model_logged', 'NULL')}, {sql_string(default_model)})"
-        exprs["messages"] = _messages_sql(fields, value)
+        exprs["messages"] = table_messages_sql(fields, value)
         exprs["usage_semantics"] = "'openai'"
         exprs["dedupe_key"] = exprs.get("native_id", "NULL")
         exprs["is_batch"] = "false"

@@ -72,7 +72,8 @@ import duckdb
 
 from audit.errors import InputError
 from audit.formats import Format, IngestOptions, Sample
-from audit.formats.sharegpt import number_rows, records_stage
+from audit.formats import records_stage
+from audit.formats.sharegpt import number_rows
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 CALL_TABLES = frozenset({"responses", "turns"})

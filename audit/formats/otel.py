@@ -64,7 +64,7 @@ from pathlib import Path
 import duckdb
 
 from audit.errors import InputError
-from audit.formats import Format, IngestOptions, Sample, records_relation
+from audit.formats import Format, IngestOptions, Sample, records_stage
 
 # Old attribute name → current name.
 ALIASES: dict[str, str] = {
@@ -434,8 +434,4 @@ class OtelSpans(Format):
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
         records = otel_records(_read_text(path, options.compression), path)
-        # ingest leaves the file-id query's result open (fetchone); this DuckDB
-        # refuses to register a relation until it is run to its end.
-        con.complete()
-        name = records_relation(con, f"_records_{file_id}", records)
-        return f"SELECT * FROM {name}"
+        return records_stage(con, f"_records_{file_id}", records)

@@ -58,7 +58,7 @@ from pathlib import Path
 import duckdb
 
 from audit.errors import InputError
-from audit.formats import STAGE_NAMES, Format, IngestOptions, Sample, records_relation, select_stage
+from audit.formats import Format, IngestOptions, Sample, records_stage
 from audit.formats.generic import resolve_columns
 from audit.tokens import message_text
 
@@ -287,15 +287,6 @@ def expand_conversation(position: int, record: object, raw: str, plan: Conversat
             "raw": raw,
         })
     return rows
-
-
-def records_stage(con: duckdb.DuckDBPyConnection, name: str, records: list[dict]) -> str:
-    """Register Python-built stage rows and select them cast to the stage types."""
-    # DuckDB 2 refuses to register while a streamed result of ``execute`` is
-    # open (ingest's ``nextval`` fetchone leaves one): finish it first.
-    con.complete()
-    records_relation(con, name, records)
-    return select_stage({column: column for column in [*STAGE_NAMES, "raw"]}, name)
 
 
 def number_rows(rows: Iterable[dict]) -> list[dict]:
