@@ -335,13 +335,16 @@ def _store_rejects(ctx: _Context, stage_table: str, reason_column: str) -> tuple
 def _count_missing_tokens(con: duckdb.DuckDBPyConnection, counter: TokenCounter) -> int:
     """Count tokens with tiktoken for good calls that logged no usage."""
     todo = con.execute(
-        "SELECT stage_row, model_logged, messages, response_text FROM _checked "
+        "SELECT line_no, model_logged, messages, response_text FROM _checked "
         "WHERE why IS NULL AND call_status = 'ok' AND (input_norm IS NULL OR output_norm IS NULL)"
     ).fetchall()
+    # line_no identifies a stage row (the formats' contract); the join below relies on it.
+    if len({row[0] for row in todo}) != len(todo):
+        raise AssertionError("a format produced two stage rows with the same line_no")
     counts = counter.count_chats([(model, messages, text) for _, model, messages, text in todo]) if todo else []
     table = pa.table(
         {
-            "stage_row": pa.array([row[0] for row in todo], pa.int64()),
+            "line_no": pa.array([row[0] for row in todo], pa.int64()),
             "counted_input": pa.array([c[0] for c in counts], pa.int64()),
             "counted_output": pa.array([c[1] for c in counts], pa.int64()),
         }
@@ -361,7 +364,7 @@ def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, coun
     with ctx.phase("reading"):
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _checked AS
-            SELECT *, row_number() OVER () AS stage_row, {_check_sql()} AS why,
+            SELECT *, {_check_sql()} AS why,
                    {_INPUT_NORMALISED} AS input_norm,
                    {_OUTPUT_NORMALISED} AS output_norm,
                    CASE WHEN status IS NOT NULL THEN status WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END
@@ -409,7 +412,7 @@ def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, coun
                    coalesce(c.is_batch, false), c.service_tier,
                    TRY_CAST(c.temperature AS DOUBLE), audit_int(c.max_tokens),
                    ?, c.metadata
-            FROM _checked c LEFT JOIN _counted k USING (stage_row)
+            FROM _checked c LEFT JOIN _counted k USING (line_no)
             WHERE c.why IS NULL AND c.request_id NOT IN (SELECT request_id FROM requests)
             {last_copy_only}""",
             [ctx.file_id, fmt_name, sampled_fraction],

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # (name, type) of the stage relation every format produces, in order.
 STAGE_COLUMNS: list[tuple[str, str]] = [
-    ("line_no", "BIGINT"),            # 1-based line (or row) in the file
+    ("line_no", "BIGINT"),            # 1-based line, row or record position; unique per stage row
     ("reject_reason", "VARCHAR"),     # set by the format for records it cannot read
     ("native_id", "VARCHAR"),         # the source's own id for the call
     ("dedupe_key", "VARCHAR"),        # what makes two records the same call (default native_id)
