@@ -1,4 +1,6 @@
-"""Shared fixtures: a real DuckDB file in tmp_path, paths to fixtures and real data."""
+"""Shared fixtures: a real DuckDB file in tmp_path, paths to fixtures and real data,
+and the helpers the format tests share (reading back what was ingested, the
+reference token count)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from audit import db as audit_db
+from audit.ingest import ingest
+
+if TYPE_CHECKING:
+    import tiktoken
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
@@ -32,6 +39,35 @@ def rows(con, sql: str, params: list | None = None) -> list[dict]:
     cursor = con.execute(sql, params or [])
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, r)) for r in cursor.fetchall()]
+
+
+def by_id(con) -> dict[str, dict]:
+    """The stored requests by native_id, in source_line order."""
+    return {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
+
+
+def ingest_by_id(con, path: Path, **options) -> tuple[dict, dict[str, dict]]:
+    """Ingest one file: the run's totals, and the stored requests by native_id."""
+    totals = ingest(con, [path], **options).as_dict()["totals"]
+    return totals, by_id(con)
+
+
+def rejects(con) -> list[tuple[int, str]]:
+    """(line_no, reason) of every reject, in line order."""
+    return [(r["line_no"], r["reason"]) for r in rows(con, "SELECT line_no, reason FROM ingest_rejects ORDER BY line_no")]
+
+
+def cookbook_count(messages: list[dict], encoding: tiktoken.Encoding) -> int:
+    """OpenAI cookbook's num_tokens_from_messages, written out independently:
+    3 per message + its values' tokens (+1 for a name), + 3 to prime the reply."""
+    total = 3  # reply priming
+    for message in messages:
+        total += 3
+        for key, value in message.items():
+            total += len(encoding.encode(value))
+            if key == "name":
+                total += 1
+    return total
 
 
 def run_audit(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

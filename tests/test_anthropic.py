@@ -14,17 +14,15 @@ from audit.formats.anthropic import AnthropicBatchResults, AnthropicPairs
 from audit.formats.openai_chat import ChatPairs
 from audit.ingest import detect_format, ingest, read_sample
 from audit.tokens import get_encoding
-from conftest import FIXTURES, REALDATA, rows
+from conftest import FIXTURES, REALDATA, ingest_by_id, rows
 
 PAIRS = FIXTURES / "anthropic_messages_pairs.jsonl"
 BATCH = FIXTURES / "anthropic_batch_results.jsonl"
 
 
 def test_anthropic_pairs_normalise_field_by_field(con):
-    summary = ingest(con, [PAIRS])
-    totals = summary.as_dict()["totals"]
+    totals, got = ingest_by_id(con, PAIRS)
     assert totals == {"read": 6, "stored": 4, "duplicate": 0, "rejected": 2, "counted": 1}
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
 
     cached = got["alog_1"]
     assert (cached["source_line"], cached["source_format"]) == (1, "anthropic-messages")
@@ -84,10 +82,8 @@ def test_anthropic_pairs_rejects_keep_line_and_reason(con):
 
 
 def test_batch_results_normalise_field_by_field(con):
-    summary = ingest(con, [BATCH])  # auto-detected
-    totals = summary.as_dict()["totals"]
+    totals, got = ingest_by_id(con, BATCH)  # auto-detected
     assert totals == {"read": 6, "stored": 5, "duplicate": 0, "rejected": 1, "counted": 0}
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
     assert all(r["is_batch"] and r["source_format"] == "anthropic-batch-results" for r in got.values())
     assert all(r["started_at"] is None and r["messages"] is None for r in got.values())
 

@@ -24,23 +24,13 @@ import pytest
 
 from audit.formats.helicone import Helicone
 from audit.ingest import detect_format, ingest, read_sample
-from conftest import FIXTURES, rows
-
-
-def by_id(con) -> dict[str, dict]:
-    return {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
-
-
-def rejects(con) -> list[tuple[int, str]]:
-    return [(r["line_no"], r["reason"]) for r in rows(con, "SELECT line_no, reason FROM ingest_rejects ORDER BY line_no")]
+from conftest import FIXTURES, ingest_by_id, rejects, rows
 
 
 def test_jsonl_export_field_by_field(con):
-    summary = ingest(con, [FIXTURES / "helicone_export.jsonl"])
-    totals = summary.as_dict()["totals"]
+    totals, got = ingest_by_id(con, FIXTURES / "helicone_export.jsonl")
     assert totals == {"read": 8, "stored": 5, "duplicate": 1, "rejected": 2, "counted": 0}
     assert totals["read"] == totals["stored"] + totals["duplicate"] + totals["rejected"]
-    got = by_id(con)
 
     placeholder = got["3f0c2a9e-1b7d-4c55-9a3e-0d7f6b2c1a01"]
     assert placeholder["source_format"] == "helicone"
@@ -103,9 +93,8 @@ def test_jsonl_export_field_by_field(con):
 
 
 def test_csv_export_with_doubled_quotes(con):
-    summary = ingest(con, [FIXTURES / "helicone_export.csv"])
-    assert summary.as_dict()["totals"] == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
-    got = by_id(con)
+    totals, got = ingest_by_id(con, FIXTURES / "helicone_export.csv")
+    assert totals == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
 
     full = got["r-1"]
     assert full["source_line"] == 2 and full["source_format"] == "helicone"
@@ -140,9 +129,8 @@ def test_cost_usd_column_of_the_older_csv_revision(con, tmp_path):
 
 
 def test_api_page_json(con):
-    summary = ingest(con, [FIXTURES / "helicone_page.json"])
-    assert summary.as_dict()["totals"] == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
-    got = by_id(con)
+    totals, got = ingest_by_id(con, FIXTURES / "helicone_page.json")
+    assert totals == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
 
     postgres_era = got["p-100"]
     assert postgres_era["source_line"] == 1

@@ -16,7 +16,7 @@ from audit.formats import IngestOptions
 from audit.formats.hf_dataset import HFDataset, _datasets
 from audit.ingest import detect_format, ingest, read_sample
 from audit.tokens import get_encoding
-from conftest import rows
+from conftest import by_id, cookbook_count, rows
 
 datasets = _datasets()
 
@@ -43,11 +43,6 @@ CALLS = [
 ]
 
 
-def chat_tokens(messages: list[dict], encoding) -> int:
-    """OpenAI cookbook's chat count, written out: 3 per message + 3 to prime the reply."""
-    return 3 + sum(3 + len(encoding.encode(m["content"])) + len(encoding.encode(m["role"])) for m in messages)
-
-
 def test_saved_conversation_folder(con, tmp_path):
     folder = tmp_path / "chats"
     datasets.Dataset.from_list(CHATS).save_to_disk(str(folder))
@@ -57,7 +52,7 @@ def test_saved_conversation_folder(con, tmp_path):
     state = summary.files[0]
     assert (state.read, state.stored, state.duplicate, state.rejected, state.counted) == (3, 2, 0, 1, 2)
 
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
+    got = by_id(con)
     first, second = got["c1#1"], got["c1#2"]
     assert first["source_format"] == "hf-dataset" and first["source_line"] == 1
     assert first["started_at"] == datetime(2025, 4, 2, 9, 30)
@@ -71,7 +66,7 @@ def test_saved_conversation_folder(con, tmp_path):
                       {"role": "user", "content": "When will it arrive?"}]
     encoding = get_encoding("o200k_base")
     assert second["tokens_source"] == "counted"
-    assert (second["input_tokens"], second["output_tokens"]) == (chat_tokens(prompt, encoding), len(encoding.encode("Tomorrow.")))
+    assert (second["input_tokens"], second["output_tokens"]) == (cookbook_count(prompt, encoding), len(encoding.encode("Tomorrow.")))
     assert (second["status"], second["is_batch"], second["logged_cost_usd"]) == ("ok", False, None)
     assert json.loads(second["metadata"]) == {"source": "support", "row": 1, "turn": 2, "turns": 2}
     assert rows(con, "SELECT line_no, reason FROM ingest_rejects") == [{"line_no": 3, "reason": "no assistant turn: row 2"}]
@@ -84,7 +79,7 @@ def test_saved_table_split_with_mapping(con, tmp_path):
     result = ingest(con, [state], mapping={"llm": "model"}).files[0]
     assert result.format == "hf-dataset"
     assert (result.read, result.stored, result.duplicate, result.rejected, result.counted) == (3, 2, 0, 1, 1)
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
+    got = by_id(con)
 
     logged = got["r1"]
     assert logged["source_line"] == 1 and logged["started_at"] == datetime(2025, 5, 1, 10, 0)

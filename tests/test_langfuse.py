@@ -18,24 +18,14 @@ from datetime import datetime
 import pytest
 
 from audit.ingest import detect_format, ingest, read_sample
-from conftest import FIXTURES, rows
-
-
-def by_id(con) -> dict[str, dict]:
-    return {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
-
-
-def rejects(con) -> list[tuple[int, str]]:
-    return [(r["line_no"], r["reason"]) for r in rows(con, "SELECT line_no, reason FROM ingest_rejects ORDER BY line_no")]
+from conftest import FIXTURES, ingest_by_id, rejects, rows
 
 
 def test_api_page_generations_only(con):
-    summary = ingest(con, [FIXTURES / "langfuse_observations.json"])
+    totals, got = ingest_by_id(con, FIXTURES / "langfuse_observations.json")
     # 8 observations: the SPAN and the EVENT are not calls and are not read.
-    totals = summary.as_dict()["totals"]
     assert totals == {"read": 6, "stored": 4, "duplicate": 1, "rejected": 1, "counted": 1}
     assert totals["read"] == totals["stored"] + totals["duplicate"] + totals["rejected"]
-    got = by_id(con)
     assert set(got) == {"gen-9a", "gen-9b", "gen-err", "emb-1"}
 
     answer = got["gen-9a"]
@@ -80,9 +70,8 @@ def test_api_page_generations_only(con):
 
 
 def test_ui_csv_export(con):
-    summary = ingest(con, [FIXTURES / "langfuse_export.csv"])
-    assert summary.as_dict()["totals"] == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
-    got = by_id(con)
+    totals, got = ingest_by_id(con, FIXTURES / "langfuse_export.csv")
+    assert totals == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
 
     summary_call = got["lf-c1"]
     assert summary_call["source_line"] == 2
@@ -112,9 +101,8 @@ def test_ui_csv_export(con):
 
 
 def test_blob_export_jsonl(con):
-    summary = ingest(con, [FIXTURES / "langfuse_blob.jsonl"])
-    assert summary.as_dict()["totals"] == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
-    got = by_id(con)
+    totals, got = ingest_by_id(con, FIXTURES / "langfuse_blob.jsonl")
+    assert totals == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
 
     blob = got["blob-1"]
     assert blob["started_at"] == datetime(2025, 3, 1, 10, 0, 0)  # zone-less → UTC

@@ -16,23 +16,13 @@ from datetime import datetime
 import pytest
 
 from audit.ingest import detect_format, ingest, read_sample
-from conftest import FIXTURES, rows
-
-
-def by_id(con) -> dict[str, dict]:
-    return {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
-
-
-def rejects(con) -> list[tuple[int, str]]:
-    return [(r["line_no"], r["reason"]) for r in rows(con, "SELECT line_no, reason FROM ingest_rejects ORDER BY line_no")]
+from conftest import FIXTURES, ingest_by_id, rejects, rows
 
 
 def test_json_dump_field_by_field(con):
-    summary = ingest(con, [FIXTURES / "litellm_spendlogs.json"])
-    totals = summary.as_dict()["totals"]
+    totals, got = ingest_by_id(con, FIXTURES / "litellm_spendlogs.json")
     assert totals == {"read": 7, "stored": 6, "duplicate": 0, "rejected": 1, "counted": 0}
     assert totals["read"] == totals["stored"] + totals["duplicate"] + totals["rejected"]
-    got = by_id(con)
 
     claude = got["chatcmpl-Q7"]
     assert claude["source_line"] == 1 and claude["source_format"] == "litellm-spendlogs"
@@ -85,9 +75,8 @@ def test_json_dump_field_by_field(con):
 
 
 def test_csv_dump(con):
-    summary = ingest(con, [FIXTURES / "litellm_spendlogs.csv"])
-    assert summary.as_dict()["totals"] == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
-    got = by_id(con)
+    totals, got = ingest_by_id(con, FIXTURES / "litellm_spendlogs.csv")
+    assert totals == {"read": 3, "stored": 2, "duplicate": 0, "rejected": 1, "counted": 0}
 
     tagger = got["msg_01MID"]
     assert tagger["source_line"] == 2

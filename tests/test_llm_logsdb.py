@@ -17,7 +17,7 @@ import pytest
 from audit.formats.llm_logsdb import LlmLogsDb, token_usage
 from audit.ingest import ingest, read_sample
 from audit.tokens import get_encoding
-from conftest import rows
+from conftest import by_id, cookbook_count, rows
 
 SCHEMA = """
 CREATE TABLE "conversations" ("id" TEXT PRIMARY KEY, "name" TEXT, "model" TEXT);
@@ -130,16 +130,11 @@ def logs_db(tmp_path: Path) -> Path:
     return build_logs_db(tmp_path / "logs.db")
 
 
-def chat_tokens(messages: list[dict], encoding) -> int:
-    """OpenAI cookbook's chat count, written out: 3 per message + 3 to prime the reply."""
-    return 3 + sum(3 + len(encoding.encode(m["content"])) + len(encoding.encode(m["role"])) for m in messages)
-
-
 def test_logs_db_normalise_field_by_field(con, logs_db):
     summary = ingest(con, [logs_db])
     assert summary.as_dict()["totals"] == {"read": 8, "stored": 6, "duplicate": 0, "rejected": 2, "counted": 3}
     assert summary.files[0].format == "llm-logsdb"
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
+    got = by_id(con)
 
     openai = got["01jq8x3m9c0000000000000001"]
     assert openai["source_line"] == 1 and openai["source_format"] == "llm-logsdb"
@@ -180,7 +175,7 @@ def test_logs_db_normalise_field_by_field(con, logs_db):
                {"role": "assistant", "content": "Why did the chicken cross the road?"},
                {"role": "user", "content": "Another one"}]
     assert json.loads(second["messages"]) == history
-    assert second["input_tokens"] == chat_tokens(history, encoding)
+    assert second["input_tokens"] == cookbook_count(history, encoding)
     assert second["output_tokens"] == len(encoding.encode("To get to the other side."))
     assert first["session_id"] == second["session_id"] == "01h2ab000000000000000000cc"
 
@@ -203,7 +198,7 @@ def test_logs_db_normalise_field_by_field(con, logs_db):
     assert json.loads(later["messages"]) == prompt  # text_ref resolved through fragments
     assert later["response_text"] == "Wallace."
     o200k = get_encoding("o200k_base")
-    assert later["tokens_source"] == "counted" and later["input_tokens"] == chat_tokens(prompt, o200k)
+    assert later["tokens_source"] == "counted" and later["input_tokens"] == cookbook_count(prompt, o200k)
     assert later["started_at"] == datetime(2025, 6, 1, 12, 1, 0, 500000)
 
     rejects = rows(con, "SELECT line_no, reason, raw FROM ingest_rejects ORDER BY line_no")

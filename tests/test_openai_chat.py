@@ -5,29 +5,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-import tiktoken
-
 from audit.ingest import ingest
 from audit.tokens import get_encoding
-from conftest import FIXTURES, rows
-
-
-def cookbook_count(messages: list[dict], encoding: tiktoken.Encoding) -> int:
-    """OpenAI cookbook's num_tokens_from_messages, written out independently."""
-    total = 3  # reply priming
-    for message in messages:
-        total += 3
-        for key, value in message.items():
-            total += len(encoding.encode(value))
-            if key == "name":
-                total += 1
-    return total
+from conftest import FIXTURES, cookbook_count, ingest_by_id, rows
 
 
 def test_chat_pairs_normalise_field_by_field(con):
-    summary = ingest(con, [FIXTURES / "openai_chat_pairs.jsonl"])
-    assert summary.as_dict()["totals"] == {"read": 4, "stored": 4, "duplicate": 0, "rejected": 0, "counted": 1}
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
+    totals, got = ingest_by_id(con, FIXTURES / "openai_chat_pairs.jsonl")
+    assert totals == {"read": 4, "stored": 4, "duplicate": 0, "rejected": 0, "counted": 1}
 
     faq = got["log_1"]
     assert faq["source_line"] == 1 and faq["source_format"] == "openai-chat"

@@ -16,17 +16,15 @@ from pathlib import Path
 from audit.formats.openai_responses import ResponsesPairs
 from audit.ingest import detect_format, ingest, read_sample
 from audit.tokens import get_encoding
-from conftest import FIXTURES, REALDATA, rows
+from conftest import FIXTURES, REALDATA, cookbook_count, ingest_by_id, rows
 
 PAIRS = FIXTURES / "openai_responses_pairs.jsonl"
 
 
 def test_responses_pairs_normalise_field_by_field(con):
-    summary = ingest(con, [PAIRS])
-    totals = summary.as_dict()["totals"]
+    totals, got = ingest_by_id(con, PAIRS)
     assert totals == {"read": 8, "stored": 5, "duplicate": 1, "rejected": 2, "counted": 1}
     assert totals["read"] == totals["stored"] + totals["duplicate"] + totals["rejected"]
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
     assert set(got) == {"rlog_1", "rlog_2", "resp_A3", "rlog_4", "rlog_5"}
 
     template = got["rlog_1"]
@@ -82,9 +80,8 @@ def test_responses_pairs_normalise_field_by_field(con):
 
     streamed = got["rlog_5"]
     encoding = get_encoding("o200k_base")
-    # OpenAI cookbook count: 3 per message + content tokens, + 3 reply priming.
-    expected_input = 3 + sum(3 + len(encoding.encode(role)) + len(encoding.encode(text))
-                             for role, text in [("system", "Answer briefly."), ("user", "Hello!")])
+    expected_input = cookbook_count([{"role": "system", "content": "Answer briefly."},
+                                     {"role": "user", "content": "Hello!"}], encoding)
     assert streamed["tokens_source"] == "counted"
     assert streamed["input_tokens"] == expected_input
     assert streamed["output_tokens"] == len(encoding.encode("Hi! How can I help?"))

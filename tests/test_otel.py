@@ -20,19 +20,17 @@ from pathlib import Path
 from audit.formats.otel import ALIASES, OtelSpans, attribute_map
 from audit.ingest import detect_format, ingest, read_sample
 from audit.tokens import get_encoding
-from conftest import FIXTURES, REALDATA, rows
+from conftest import FIXTURES, REALDATA, cookbook_count, ingest_by_id, rows
 
 CURRENT = FIXTURES / "otel_spans.json"
 LEGACY = FIXTURES / "otel_spans_legacy.jsonl"
 
 
 def test_current_conventions_field_by_field(con):
-    summary = ingest(con, [CURRENT])
-    totals = summary.as_dict()["totals"]
+    totals, got = ingest_by_id(con, CURRENT)
     # 8 spans: the HTTP span and the agent wrapper are not records; 5 stored, 1 rejected.
     assert totals == {"read": 6, "stored": 5, "duplicate": 0, "rejected": 1, "counted": 1}
     assert totals["read"] == totals["stored"] + totals["duplicate"] + totals["rejected"]
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
     assert set(got) == {"eee19b7ec3c1b174", "bbb19b7ec3c1b175", "eee0000000000002", "ggg0000000000004", "hhh0000000000005"}
 
     chat = got["eee19b7ec3c1b174"]
@@ -79,7 +77,7 @@ def test_current_conventions_field_by_field(con):
     encoding = get_encoding("o200k_base")
     assert counted["tokens_source"] == "counted"
     assert counted["output_tokens"] == len(encoding.encode("Hi! How can I help?"))
-    assert counted["input_tokens"] == 3 + 3 + len(encoding.encode("user")) + len(encoding.encode("Hello!"))
+    assert counted["input_tokens"] == cookbook_count([{"role": "user", "content": "Hello!"}], encoding)
 
     rejects = rows(con, "SELECT line_no, reason, raw FROM ingest_rejects")
     assert [(r["line_no"], r["reason"]) for r in rejects] == [(6, "output token count is not a whole number >= 0: lots")]
@@ -87,10 +85,8 @@ def test_current_conventions_field_by_field(con):
 
 
 def test_legacy_attribute_names_field_by_field(con):
-    summary = ingest(con, [LEGACY])
-    totals = summary.as_dict()["totals"]
+    totals, got = ingest_by_id(con, LEGACY)
     assert totals == {"read": 6, "stored": 3, "duplicate": 1, "rejected": 2, "counted": 0}
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
 
     # The repeated document (line 5) is the same trace/span: the last copy is kept.
     classify = got["1100000000000001"]

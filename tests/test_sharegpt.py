@@ -18,12 +18,7 @@ from audit.formats import IngestOptions
 from audit.formats.sharegpt import ShareGPT
 from audit.ingest import detect_format, ingest, read_sample
 from audit.tokens import get_encoding
-from conftest import FIXTURES, rows
-
-
-def chat_tokens(messages: list[dict], encoding) -> int:
-    """OpenAI cookbook's chat count, written out: 3 per message + 3 to prime the reply."""
-    return 3 + sum(3 + len(encoding.encode(m["content"])) + len(encoding.encode(m["role"])) for m in messages)
+from conftest import FIXTURES, by_id, cookbook_count, rows
 
 
 def test_sharegpt_array_one_row_per_assistant_turn(con):
@@ -32,7 +27,7 @@ def test_sharegpt_array_one_row_per_assistant_turn(con):
     assert result.format == "sharegpt"
     # 4 calls from 2 conversations + 4 rejected records; read = stored + duplicate + rejected
     assert (result.read, result.stored, result.duplicate, result.rejected, result.counted) == (8, 4, 0, 4, 4)
-    got = {r["native_id"]: r for r in rows(con, "SELECT * FROM requests ORDER BY source_line")}
+    got = by_id(con)
     assert list(got) == ["conv_1#1", "conv_1#2", "conv_2#1", "conv_2#2"]
 
     first, second = got["conv_1#1"], got["conv_1#2"]
@@ -54,7 +49,7 @@ def test_sharegpt_array_one_row_per_assistant_turn(con):
         assert call["tokens_source"] == "counted"
         assert (call["cached_input_tokens"], call["cache_write_tokens"], call["reasoning_tokens"]) == (0, 0, 0)
     encoding = get_encoding("o200k_base")
-    assert second["input_tokens"] == chat_tokens(history, encoding)
+    assert second["input_tokens"] == cookbook_count(history, encoding)
     assert second["output_tokens"] == len(encoding.encode("Gate B12."))
     assert json.loads(second["metadata"]) == {"language": "English", "record": 1, "turn": 2, "turns": 2}
 
@@ -84,8 +79,8 @@ def test_messages_jsonl_variant(con):
     # line 6 repeats line 1 (same id): one call, counted as a duplicate
     assert (result.read, result.stored, result.duplicate, result.rejected) == (7, 4, 1, 2)
     got = rows(con, "SELECT * FROM requests ORDER BY source_line")
-    by_id = {r["native_id"]: r for r in got}
-    paris = by_id["m1#1"]
+    named = by_id(con)
+    paris = named["m1#1"]
     assert json.loads(paris["messages"]) == [{"role": "system", "content": "Answer in one word."},
                                              {"role": "user", "content": "Capital of France?"}]
     assert paris["response_text"] == "Paris" and paris["session_id"] == "m1"
@@ -98,7 +93,7 @@ def test_messages_jsonl_variant(con):
     assert anonymous[0]["session_id"].startswith("sha1:")
     assert anonymous[0]["request_id"] != anonymous[1]["request_id"]
 
-    picture = by_id["m4#1"]
+    picture = named["m4#1"]
     assert picture["response_text"] == "A cat on a mat."
     assert json.loads(picture["messages"])[0]["content"][1]["type"] == "image_url"
     assert picture["tokens_source"] == "counted" and picture["input_tokens"] > 0

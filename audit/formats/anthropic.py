@@ -53,7 +53,8 @@ from pathlib import Path
 import duckdb
 
 from audit.formats import Format, IngestOptions, Sample, select_stage
-from audit.formats.lines import JSON_OBJECT_CHECKS, lines_sql, parsed_json_sql
+from audit.formats.lines import JSON_OBJECT_CHECKS, lines_sql, parsed_lines_sql
+from audit.formats.openai_chat import GATEWAY_ROW_KEYS, envelope_bodies, envelope_sql
 
 _REQUEST = (
     '{"model": "VARCHAR", "system": "JSON", "messages": "JSON", "max_tokens": "VARCHAR", '
@@ -75,16 +76,6 @@ _BATCH_LINE = (
     f'"result": {{"type": "VARCHAR", "message": {_MESSAGE}, "error": "JSON"}}}}'
 )
 _RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
-# Columns of gateway exports (Helicone) that also hold request_body/response_body.
-_GATEWAY_ROW_KEYS = {"request_created_at", "response_status"}
-
-
-def line_structure(request_key: str, response_key: str) -> str:
-    return (
-        '{"id": "VARCHAR", "timestamp": "VARCHAR", "created_at": "VARCHAR", "ts": "VARCHAR", '
-        '"latency_ms": "VARCHAR", "duration_ms": "VARCHAR", "status_code": "VARCHAR", "user_id": "VARCHAR", '
-        f'"{request_key}": {_REQUEST}, "{response_key}": {_MESSAGE}, "metadata": "JSON"}}'
-    )
 
 
 def usage_exprs(usage: str) -> dict[str, str]:
@@ -148,25 +139,16 @@ class AnthropicPairs(Format):
         first = sample.first_json
         if not isinstance(first, dict):
             return False
-        if _GATEWAY_ROW_KEYS & first.keys():
+        if GATEWAY_ROW_KEYS & first.keys():
             return False  # a Helicone row carries Anthropic bodies too: that format reads it
-        request = first.get("request", first.get("request_body"))
-        response = first.get("response", first.get("response_body"))
+        request, response = envelope_bodies(first)
         if not isinstance(request, dict) or "messages" not in request or not isinstance(response, dict):
             return False
         # A Message, an Anthropic error body, or a request only Anthropic accepts (top-level system).
         return _is_message(response) or response.get("type") == "error" or "system" in request
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
-        lines = lines_sql(path, options.compression, f"_line_rejects_{file_id}")
-        first = options.sample.first_json if options.sample else None
-        first = first if isinstance(first, dict) else {}
-        request_key = "request_body" if "request_body" in first and "request" not in first else "request"
-        response_key = "response_body" if "response_body" in first and "response" not in first else "response"
-        parsed = (
-            f"(SELECT line_no, raw, j, j.{request_key} AS req, j.{response_key} AS resp FROM (SELECT line_no, raw, "
-            f"{parsed_json_sql(line_structure(request_key, response_key))} AS j FROM {lines}))"
-        )
+        parsed, request_key, response_key = envelope_sql(path, options, file_id, _REQUEST, _MESSAGE)
         failed = (
             "resp.type = 'error' OR (resp.error IS NOT NULL AND json_type(resp.error) <> 'NULL') "
             "OR TRY_CAST(j.status_code AS INTEGER) >= 400"
@@ -226,7 +208,7 @@ class AnthropicBatchResults(Format):
         lines = lines_sql(path, options.compression, f"_line_rejects_{file_id}")
         parsed = (
             "(SELECT line_no, raw, j, j.result.type AS result_type, j.result.message AS msg, j.result.error AS err "
-            f"FROM (SELECT line_no, raw, {parsed_json_sql(_BATCH_LINE)} AS j FROM {lines}))"
+            f"FROM {parsed_lines_sql(lines, _BATCH_LINE)})"
         )
         known = ", ".join(f"'{t}'" for t in _RESULT_TYPES)
         # errored: result.error is an error response {type: "error", error: {type, message}}.

@@ -87,20 +87,19 @@ from audit.formats.json_rows import (
     body_struct_sql,
     compact_object_sql,
     count_or_raw_sql,
-    csv_header,
-    first_rows,
-    head_mentions,
     input_with_left_out_writes_sql,
     map_get_ci_sql,
     messages_sql,
     nonempty_sql,
     output_text_sql,
     response_struct_sql,
+    row_structure,
     rows_relation,
+    sniff_rows,
     string_map_sql,
     unwrap_json_sql,
 )
-from audit.formats.lines import JSON_OBJECT_CHECKS, parsed_json_sql
+from audit.formats.lines import JSON_OBJECT_CHECKS, parsed_lines_sql
 
 _SCALARS = (
     "request_id", "response_id", "request_created_at", "response_created_at", "response_status",
@@ -112,7 +111,7 @@ _SCALARS = (
     "request_referrer", "request_path", "storage_location",
 )
 _NESTED = ("properties", "request_properties", "request_body", "response_body", "scores")
-_ROW = "{" + ", ".join([f'"{k}": "VARCHAR"' for k in _SCALARS] + [f'"{k}": "JSON"' for k in _NESTED]) + "}"
+_ROW = row_structure(_SCALARS, _NESTED)
 
 # Columns of the export CLI's CSV (and of the Python example's pandas CSV).
 _CSV_MARKERS = {"response_id", "request_created_at", "response_status"}
@@ -133,12 +132,7 @@ class Helicone(Format):
     description = "Helicone request export (JSONL, JSON or CSV from @helicone/export or the query API)"
 
     def sniff(self, sample: Sample) -> bool:
-        header = csv_header(sample)
-        if header is not None:
-            return _CSV_MARKERS <= {name.lower() for name in header}
-        if any(is_helicone_row(row) for row in first_rows(sample)):
-            return True
-        return sample.first_json is None and head_mentions(sample, "request_created_at", "response_status")
+        return sniff_rows(sample, is_helicone_row, [_CSV_MARKERS], [("request_created_at", "response_status")])
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
         rows = rows_relation(con, path, options, file_id, is_helicone_row)
@@ -147,7 +141,7 @@ class Helicone(Format):
             "(SELECT line_no, raw, j, "
             f"{unwrap_json_sql('j.request_body')} AS req, {unwrap_json_sql('j.response_body')} AS resp, "
             f"{unwrap_json_sql('coalesce(j.properties, j.request_properties)')} AS props "
-            f"FROM (SELECT line_no, raw, {parsed_json_sql(_ROW)} AS j FROM {rows})))"
+            f"FROM {parsed_lines_sql(rows, _ROW)}))"
         )
         property_map = string_map_sql("props")
         status_code = "TRY_CAST(j.response_status AS DOUBLE)"

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from audit.errors import InputError
 from audit.formats import IngestOptions, Sample
-from audit.formats.lines import MAX_LINE_BYTES, lines_sql, reader_sql, sql_string
+from audit.formats.lines import MAX_LINE_BYTES, lines_sql, read_text, reader_sql, sql_string
 
 RowTest = Callable[[object], bool]
 
@@ -84,6 +84,31 @@ def head_mentions(sample: Sample, *keys: str) -> bool:
     return all(re.search(r'"' + re.escape(key) + r'"\s*:', text) for key in keys)
 
 
+def sniff_rows(
+    sample: Sample, is_row: RowTest, csv_columns: Iterable[set[str]], head_keys: Iterable[tuple[str, ...]]
+) -> bool:
+    """Whether a file holds one export's rows, in any container.
+
+    CSV: the header has all the columns of one of ``csv_columns`` (lower
+    case; the header's case is ignored). JSON: ``is_row`` accepts the first
+    record; or, for a document too large to parse from the head, all the
+    keys of one of ``head_keys`` are seen.
+    """
+    header = csv_header(sample)
+    if header is not None:
+        names = {name.lower() for name in header}
+        return any(columns <= names for columns in csv_columns)
+    if any(is_row(row) for row in first_rows(sample)):
+        return True
+    return sample.first_json is None and any(head_mentions(sample, *keys) for keys in head_keys)
+
+
+def row_structure(scalars: Iterable[str], nested: Iterable[str]) -> str:
+    """The JSON structure of an export row: scalars as VARCHAR (a wrong type is
+    caught by the shared checks), nested values as JSON."""
+    return "{" + ", ".join([f'"{k}": "VARCHAR"' for k in scalars] + [f'"{k}": "JSON"' for k in nested]) + "}"
+
+
 # --------------------------------------------------------------------------- containers
 
 
@@ -115,7 +140,7 @@ def rows_relation(
     if container == "csv":
         return _csv_rows_sql(con, path, options, file_id)
     name = f"_json_rows_{file_id}"
-    numbered = list(_document_records(_read_text(path, options.compression), is_row))
+    numbered = list(_document_records(read_text(path, options.compression), is_row))
     table = pa.table(
         {
             "line_no": pa.array([n for n, _ in numbered], pa.int64()),
@@ -155,25 +180,6 @@ def _csv_rows_sql(con: duckdb.DuckDBPyConnection, path: Path, options: IngestOpt
 
 def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
-
-
-def _read_text(path: Path, compression: str) -> str:
-    try:
-        if compression == "gzip":
-            import gzip
-
-            with gzip.open(path, "rb") as handle:
-                data = handle.read()
-        elif compression == "zstd":
-            import zstandard
-
-            with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as handle:
-                data = handle.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read {path}: {exc}", "check that the file is complete") from None
-    return data.decode("utf-8", errors="replace").lstrip("\ufeff")
 
 
 _DECODER = json.JSONDecoder()

@@ -83,18 +83,17 @@ from audit.formats.json_rows import (
     body_struct_sql,
     compact_object_sql,
     count_or_raw_sql,
-    csv_header,
-    first_rows,
-    head_mentions,
     messages_sql,
     nonempty_sql,
     output_text_sql,
     response_struct_sql,
+    row_structure,
     rows_relation,
+    sniff_rows,
     string_map_sql,
     unwrap_json_sql,
 )
-from audit.formats.lines import JSON_OBJECT_CHECKS, parsed_json_sql
+from audit.formats.lines import JSON_OBJECT_CHECKS, parsed_lines_sql
 
 # camelCase (API, UI export) and snake_case (blob export) names of the same fields.
 _SCALARS = (
@@ -112,7 +111,7 @@ _NESTED = (
     "input", "output", "metadata", "usage", "usageDetails", "usage_details", "costDetails", "cost_details",
     "modelParameters", "model_parameters", "traceTags", "trace_tags", "tags",
 )
-_ROW = "{" + ", ".join([f'"{k}": "VARCHAR"' for k in _SCALARS] + [f'"{k}": "JSON"' for k in _NESTED]) + "}"
+_ROW = row_structure(_SCALARS, _NESTED)
 
 
 def is_langfuse_row(row: object) -> bool:
@@ -163,14 +162,10 @@ class Langfuse(Format):
     description = "Langfuse observations (API pages, UI export JSON/JSONL/CSV, blob export): generations only"
 
     def sniff(self, sample: Sample) -> bool:
-        header = csv_header(sample)
-        if header is not None:
-            names = {name.lower() for name in header}
-            return "id" in names and ({"traceid", "starttime"} <= names or {"trace_id", "start_time"} <= names)
-        if any(is_langfuse_row(row) for row in first_rows(sample)):
-            return True
-        return sample.first_json is None and (
-            head_mentions(sample, "id", "traceId", "startTime") or head_mentions(sample, "id", "trace_id", "start_time")
+        return sniff_rows(
+            sample, is_langfuse_row,
+            [{"id", "traceid", "starttime"}, {"id", "trace_id", "start_time"}],
+            [("id", "traceId", "startTime"), ("id", "trace_id", "start_time")],
         )
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
@@ -189,7 +184,7 @@ class Langfuse(Format):
             f"{unwrap_json_sql('j.input')} AS inp, {unwrap_json_sql('j.output')} AS outp, "
             f"{unwrap_json_sql('j.metadata')} AS meta, "
             f"{unwrap_json_sql('coalesce(j.modelParameters, j.model_parameters)')} AS params "
-            f"FROM (SELECT line_no, raw, {parsed_json_sql(_ROW)} AS j FROM {rows})))"
+            f"FROM {parsed_lines_sql(rows, _ROW)}))"
         )
         has_usage_map = f"coalesce(cardinality({usage}), 0) > 0"
         legacy_input = _zero_is_unknown("coalesce(j.promptTokens, legacy_usage ->> '$.input', j.inputUsage)")

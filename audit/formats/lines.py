@@ -1,4 +1,4 @@
-"""Read a text file as (line number, line) rows inside DuckDB, in parallel.
+"""Read a log file: as (line number, line) rows inside DuckDB, in parallel, or whole.
 
 DuckDB's CSV reader with one column, no quoting and a delimiter that valid
 JSON cannot contain (U+0001; JSON escapes every control character) splits
@@ -7,11 +7,20 @@ sends lines it cannot decode (bad UTF-8, a stray U+0001) to a rejects table
 with their line number instead of failing the file. ``WITH ORDINALITY``
 numbers the lines it keeps; ``ingest`` maps those numbers back to physical
 line numbers when the reader rejected some (rare) lines.
+
+Formats that parse a whole document with Python (JSON documents, OTLP,
+conversation files, SQLite) read it through ``open_decompressed`` /
+``read_text``, the one place that knows the compressions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+from audit.errors import InputError
 
 # The longest single line we accept (a 50 MB prompt is fine). Do not set
 # buffer_size next to it: DuckDB 2.0 then mis-reads files in parallel.
@@ -46,12 +55,13 @@ def lines_sql(path: Path, compression: str, rejects_table: str) -> str:
     )
 
 
-def parsed_json_sql(structure: str) -> str:
-    """Parse ``raw`` once into ``structure``; NULL when it is not valid JSON.
+def parsed_lines_sql(source: str, structure: str) -> str:
+    """``(line_no, raw, j)`` of a ``(line_no, raw)`` relation: ``raw`` parsed once
+    into ``structure``, ``j`` NULL when it is not valid JSON.
 
     ``try`` avoids a second full parse by ``json_valid``; parsing is the cost.
     """
-    return f"try(from_json(raw, '{structure}'))"
+    return f"(SELECT line_no, raw, try(from_json(raw, '{structure}')) AS j FROM {source})"
 
 
 # The shared first checks of a JSON-lines record. ``json_type`` re-parses, so
@@ -61,3 +71,37 @@ JSON_OBJECT_CHECKS = (
     "WHEN left(raw, 1) <> '{' AND json_type(raw) <> 'OBJECT' "
     "THEN 'expected a JSON object, got ' || lower(json_type(raw)) "
 )
+
+
+@contextmanager
+def open_decompressed(path: Path, compression: str) -> Iterator[BinaryIO]:
+    """The file as a binary stream, decompressed (``compression``: none, gzip or zstd)."""
+    if compression == "gzip":
+        import gzip
+
+        with gzip.open(path, "rb") as handle:
+            yield handle
+    elif compression == "zstd":
+        import zstandard
+
+        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as handle:
+            yield handle
+    else:
+        with path.open("rb") as handle:
+            yield handle
+
+
+def read_bytes(path: Path, compression: str) -> bytes:
+    """The whole file, decompressed."""
+    with open_decompressed(path, compression) as handle:
+        return handle.read()
+
+
+def read_text(path: Path, compression: str) -> str:
+    """The whole file as text, decompressed, without a BOM; bytes that are not
+    UTF-8 become U+FFFD. A file that cannot be read or ends early is an ``InputError``."""
+    try:
+        data = read_bytes(path, compression)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "check that the file is complete") from None
+    return data.decode("utf-8", errors="replace").lstrip("\ufeff")

@@ -67,18 +67,17 @@ from audit.formats.json_rows import (
     body_struct_sql,
     compact_object_sql,
     count_or_raw_sql,
-    csv_header,
-    first_rows,
-    head_mentions,
     input_with_left_out_writes_sql,
     messages_sql,
     nonempty_sql,
     output_text_sql,
     response_struct_sql,
+    row_structure,
     rows_relation,
+    sniff_rows,
     unwrap_json_sql,
 )
-from audit.formats.lines import JSON_OBJECT_CHECKS, parsed_json_sql
+from audit.formats.lines import JSON_OBJECT_CHECKS, parsed_lines_sql
 
 _SCALARS = (
     "request_id", "call_type", "spend", "total_tokens", "prompt_tokens", "completion_tokens",
@@ -88,7 +87,7 @@ _SCALARS = (
     "mcp_namespaced_tool_name",
 )
 _NESTED = ("metadata", "request_tags", "messages", "response", "proxy_server_request")
-_ROW = "{" + ", ".join([f'"{k}": "VARCHAR"' for k in _SCALARS] + [f'"{k}": "JSON"' for k in _NESTED]) + "}"
+_ROW = row_structure(_SCALARS, _NESTED)
 
 
 def is_spend_log_row(row: object) -> bool:
@@ -102,12 +101,8 @@ class LiteLLMSpendLogs(Format):
     description = "LiteLLM proxy LiteLLM_SpendLogs table dump (JSON array, JSONL or CSV)"
 
     def sniff(self, sample: Sample) -> bool:
-        header = csv_header(sample)
-        if header is not None:
-            return {"request_id", "call_type", "spend"} <= {name.lower() for name in header}
-        if any(is_spend_log_row(row) for row in first_rows(sample)):
-            return True
-        return sample.first_json is None and head_mentions(sample, "request_id", "call_type", "spend")
+        return sniff_rows(sample, is_spend_log_row, [{"request_id", "call_type", "spend"}],
+                          [("request_id", "call_type", "spend")])
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
         rows = rows_relation(con, path, options, file_id, is_spend_log_row)
@@ -120,7 +115,7 @@ class LiteLLMSpendLogs(Format):
             f"{unwrap_json_sql('j.metadata')} AS md, {unwrap_json_sql('j.proxy_server_request')} AS req, "
             f"{unwrap_json_sql('j.response')} AS resp, {unwrap_json_sql('j.messages')} AS logged_messages, "
             f"{unwrap_json_sql('j.request_tags')} AS tags "
-            f"FROM (SELECT line_no, raw, {parsed_json_sql(_ROW)} AS j FROM {rows})))"
+            f"FROM {parsed_lines_sql(rows, _ROW)}))"
         )
 
         def usage_value(*paths: str) -> str:

@@ -58,7 +58,6 @@ table are not added to the prompt. The pre-0.9 ``logs`` table is not read.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import shutil
@@ -73,6 +72,7 @@ import duckdb
 from audit.errors import InputError
 from audit.formats import Format, IngestOptions, Sample
 from audit.formats import records_stage
+from audit.formats.lines import open_decompressed
 from audit.formats.sharegpt import number_rows
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -122,15 +122,8 @@ def _plain_copy(path: Path, compression: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="audit-logsdb-") as tmp:
         target = Path(tmp) / "logs.db"
         try:
-            if compression == "gzip":
-                with gzip.open(path, "rb") as source, target.open("wb") as sink:
-                    shutil.copyfileobj(source, sink)
-            else:
-                import zstandard
-
-                with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as source, \
-                        target.open("wb") as sink:
-                    shutil.copyfileobj(source, sink)
+            with open_decompressed(path, compression) as source, target.open("wb") as sink:
+                shutil.copyfileobj(source, sink)
         except (OSError, EOFError) as exc:
             raise InputError(f"cannot decompress {path}: {exc}", "check that the file is complete") from None
         yield target
@@ -205,6 +198,52 @@ def _compact(values: dict) -> str:
                       ensure_ascii=False, default=str)
 
 
+def _checked_json_columns(row: dict) -> tuple[dict | None, dict | None, str | None]:
+    """A call row's ``(token_details, options)`` objects, or the reason it is rejected."""
+    details, details_ok = _json(row.get("token_details"))
+    options, options_ok = _json(row.get("options_json"))
+    if not details_ok or not isinstance(details, (dict, type(None))):
+        return None, None, "token_details is not a JSON object"
+    if not options_ok or not isinstance(options, (dict, type(None))):
+        return None, None, "options_json is not a JSON object"
+    return details, options, None
+
+
+def _call_record(
+    table: str, row: dict, raw: str, details: dict | None, options: dict | None, *,
+    session_id: object, messages: list[dict], response_text: object, error: object = None, context: dict,
+) -> dict:
+    """The stage record of one call, a ``responses`` or a ``turns`` row.
+
+    ``context`` is the table's own metadata (its conversation or thread name).
+    """
+    model = row.get("resolved_model") or row.get("model")
+    return {
+        "native_id": row["id"],
+        "dedupe_key": row["id"],
+        "started_at_raw": row.get("datetime_utc"),
+        "model_logged": model,
+        "session_id": session_id,
+        "messages": json.dumps(messages, ensure_ascii=False, default=str) if messages else None,
+        "response_text": response_text,
+        **token_usage(model, row.get("input_tokens"), row.get("output_tokens"), details),
+        "latency_ms": row.get("duration_ms"),
+        "status": "error" if error else "ok",
+        "error_message": error if error else None,
+        "is_batch": False,
+        **_options_exprs(options or {}),
+        "metadata": _compact({
+            "table": table,
+            "model_alias": row.get("model") if row.get("resolved_model") else None,
+            **context,
+            "token_details": details,
+            "options": options,
+            "schema_id": row.get("schema_id"),
+        }),
+        "raw": raw,
+    }
+
+
 def _prompt_json_messages(prompt_json: object) -> list | None:
     """The request's message list when ``prompt_json`` holds one."""
     messages = prompt_json.get("messages") if isinstance(prompt_json, dict) else prompt_json
@@ -268,44 +307,21 @@ def _response_records(db: sqlite3.Connection, tables: set[str]) -> list[dict]:
     records = []
     for row in rows:
         raw = _raw("responses", row)
-        details, details_ok = _json(row.get("token_details"))
+        details, options, problem = _checked_json_columns(row)
+        if problem:
+            records.append({"reject_reason": problem, "raw": raw})
+            continue
         prompt_json, _ = _json(row.get("prompt_json"))
-        options, options_ok = _json(row.get("options_json"))
-        if not details_ok or not isinstance(details, (dict, type(None))):
-            records.append({"reject_reason": "token_details is not a JSON object", "raw": raw})
-            continue
-        if not options_ok or not isinstance(options, (dict, type(None))):
-            records.append({"reject_reason": "options_json is not a JSON object", "raw": raw})
-            continue
         messages = _prompt_json_messages(prompt_json)
         if messages is None:
             system, prompt = full_system(row), full_prompt(row)
             messages = ([{"role": "system", "content": system}] if system else []) + history_of.get(row["id"], []) + (
                 [{"role": "user", "content": prompt}] if prompt is not None else [])
-        model = row.get("resolved_model") or row.get("model")
-        records.append({
-            "native_id": row["id"],
-            "dedupe_key": row["id"],
-            "started_at_raw": row.get("datetime_utc"),
-            "model_logged": model,
-            "session_id": row.get("conversation_id"),
-            "messages": json.dumps(messages, ensure_ascii=False, default=str) if messages else None,
-            "response_text": row.get("response"),
-            **token_usage(model, row.get("input_tokens"), row.get("output_tokens"), details),
-            "latency_ms": row.get("duration_ms"),
-            "status": "ok",
-            "is_batch": False,
-            **_options_exprs(options or {}),
-            "metadata": _compact({
-                "table": "responses",
-                "model_alias": row.get("model") if row.get("resolved_model") else None,
-                "conversation_name": conversations.get(row.get("conversation_id")),
-                "token_details": details,
-                "options": options,
-                "schema_id": row.get("schema_id"),
-            }),
-            "raw": raw,
-        })
+        records.append(_call_record(
+            "responses", row, raw, details, options,
+            session_id=row.get("conversation_id"), messages=messages, response_text=row.get("response"),
+            context={"conversation_name": conversations.get(row.get("conversation_id"))},
+        ))
     return records
 
 
@@ -390,44 +406,20 @@ def _turn_records(db: sqlite3.Connection, tables: set[str]) -> list[dict]:
     records = []
     for row in (dict(r) for r in db.execute("SELECT * FROM turns ORDER BY rowid")):
         raw = _raw("turns", row)
-        details, details_ok = _json(row.get("token_details"))
-        options, options_ok = _json(row.get("options_json"))
-        if not details_ok or not isinstance(details, (dict, type(None))):
-            records.append({"reject_reason": "token_details is not a JSON object", "raw": raw})
-            continue
-        if not options_ok or not isinstance(options, (dict, type(None))):
-            records.append({"reject_reason": "options_json is not a JSON object", "raw": raw})
+        details, options, problem = _checked_json_columns(row)
+        if problem:
+            records.append({"reject_reason": problem, "raw": raw})
             continue
         parent, tip = row.get("parent_message_hash"), row.get("tip_message_hash")
         messages = [{"role": store.role[h], "content": store.content(h)} for h in store.chain(parent)]
         replies = [store.content(h, replies_only=True) for h in store.chain(tip, stop=parent)
                    if store.role.get(h) == "assistant"] if tip != parent else []
-        model = row.get("resolved_model") or row.get("model")
-        error = row.get("error")
-        records.append({
-            "native_id": row["id"],
-            "dedupe_key": row["id"],
-            "started_at_raw": row.get("datetime_utc"),
-            "model_logged": model,
-            "session_id": row.get("thread_id"),
-            "messages": json.dumps(messages, ensure_ascii=False) if messages else None,
-            "response_text": "".join(replies) if replies else None,
-            **token_usage(model, row.get("input_tokens"), row.get("output_tokens"), details),
-            "latency_ms": row.get("duration_ms"),
-            "status": "error" if error else "ok",
-            "error_message": error if error else None,
-            "is_batch": False,
-            **_options_exprs(options or {}),
-            "metadata": _compact({
-                "table": "turns",
-                "model_alias": row.get("model") if row.get("resolved_model") else None,
-                "thread_name": threads.get(row.get("thread_id")),
-                "token_details": details,
-                "options": options,
-                "schema_id": row.get("schema_id"),
-            }),
-            "raw": raw,
-        })
+        records.append(_call_record(
+            "turns", row, raw, details, options,
+            session_id=row.get("thread_id"), messages=messages,
+            response_text="".join(replies) if replies else None, error=row.get("error"),
+            context={"thread_name": threads.get(row.get("thread_id"))},
+        ))
     return records
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import duckdb
 
 from audit.formats import Format, IngestOptions, Sample, select_stage
-from audit.formats.lines import JSON_OBJECT_CHECKS, lines_sql, parsed_json_sql
+from audit.formats.lines import JSON_OBJECT_CHECKS, lines_sql, parsed_lines_sql
 from audit.formats.openai_chat import (
     _REQUEST,
     _RESPONSE,
     chat_request_exprs,
-    chat_usage_exprs,
+    openai_usage_exprs,
     response_text_sql,
 )
 
@@ -66,7 +66,7 @@ class BatchOutput(Format):
         )
         parsed = (
             "(SELECT l.line_no, l.raw, l.j, l.j.response.body AS resp, i.req FROM "
-            f"(SELECT line_no, raw, {parsed_json_sql(_OUTPUT_LINE)} AS j FROM {lines}) l "
+            f"{parsed_lines_sql(lines, _OUTPUT_LINE)} l "
             "LEFT JOIN _batch_inputs i ON i.custom_id = l.j.custom_id)"
         )
         failed = (
@@ -94,7 +94,7 @@ class BatchOutput(Format):
                 "prompt_version": "req.metadata ->> 'prompt_version'",
                 **chat_request_exprs("req"),
                 "response_text": response_text_sql("resp.choices[1].message"),
-                **chat_usage_exprs("resp.usage"),
+                **openai_usage_exprs("resp.usage"),
                 "status": f"CASE WHEN {failed} THEN 'error' ELSE 'ok' END",
                 "status_code": "j.response.status_code",
                 "error_message": (
@@ -126,5 +126,5 @@ class BatchInput(Format):
             "WHEN j.custom_id IS NULL THEN 'no custom_id' "
             "WHEN j.body IS NULL OR json_type(j.body) <> 'OBJECT' THEN 'no request body object' "
             "WHEN json_type(j.body, '$.messages') IS DISTINCT FROM 'ARRAY' THEN 'body.messages is not a list' END AS reject_reason "
-            f"FROM (SELECT line_no, raw, {parsed_json_sql(_INPUT_LINE)} AS j FROM {lines})"
+            f"FROM {parsed_lines_sql(lines, _INPUT_LINE)}"
         )

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 
 from audit.formats import Format, IngestOptions, Sample, select_stage
-from audit.formats.lines import JSON_OBJECT_CHECKS, lines_sql, parsed_json_sql
+from audit.formats.lines import JSON_OBJECT_CHECKS, lines_sql, parsed_lines_sql
 
 # Scalars are read as VARCHAR so a wrong type is caught by the shared checks.
 _REQUEST = '{"model": "VARCHAR", "messages": "JSON", "temperature": "VARCHAR", "max_tokens": "VARCHAR", "max_completion_tokens": "VARCHAR", "user": "VARCHAR", "stream": "VARCHAR", "service_tier": "VARCHAR", "metadata": "JSON", "tools": "JSON"}'
@@ -34,13 +34,50 @@ _RESPONSE = (
 )
 
 
-def line_structure(request_key: str, response_key: str) -> str:
-    """The JSON structure of a line; only the keys this file uses (parsing is the cost)."""
-    return (
-        '{"id": "VARCHAR", "timestamp": "VARCHAR", "created_at": "VARCHAR", "ts": "VARCHAR", '
-        '"latency_ms": "VARCHAR", "duration_ms": "VARCHAR", "status_code": "VARCHAR", "user_id": "VARCHAR", '
-        f'"{request_key}": {_REQUEST}, "{response_key}": {_RESPONSE}, "metadata": "JSON"}}'
+# ---------------------------------------------------------------- the proxy envelope
+#
+# The pair formats (this one, ``openai_responses``, ``anthropic``) share one
+# line shape: the proxy's own keys around a request and a response body, the
+# bodies under ``request``/``response`` or ``request_body``/``response_body``.
+
+_ENVELOPE_KEYS = (
+    '"id": "VARCHAR", "timestamp": "VARCHAR", "created_at": "VARCHAR", "ts": "VARCHAR", '
+    '"latency_ms": "VARCHAR", "duration_ms": "VARCHAR", "status_code": "VARCHAR", "user_id": "VARCHAR", '
+    '"metadata": "JSON"'
+)
+# Columns of gateway exports (Helicone) that also hold request_body/response_body.
+GATEWAY_ROW_KEYS = frozenset({"request_created_at", "response_status"})
+
+
+def envelope_bodies(line: dict) -> tuple[object, object]:
+    """The (request, response) bodies of an envelope line, under either pair of keys."""
+    return line.get("request", line.get("request_body")), line.get("response", line.get("response_body"))
+
+
+def envelope_sql(
+    path: Path, options: IngestOptions, file_id: int, request: str, response: str, *, extra_keys: str = ""
+) -> tuple[str, str, str]:
+    """``(relation, request_key, response_key)`` of an envelope file.
+
+    The relation has ``line_no, raw, j`` (the line parsed once: only the keys
+    this file uses, parsing is the cost) and the bodies ``req`` and ``resp``
+    parsed as ``request`` and ``response``. The keys are the ones the file's
+    first line uses; ``extra_keys`` adds envelope keys (``'"name": "TYPE", '``).
+    """
+    first = options.sample.first_json if options.sample else None
+    first = first if isinstance(first, dict) else {}
+    request_key = "request_body" if "request_body" in first and "request" not in first else "request"
+    response_key = "response_body" if "response_body" in first and "response" not in first else "response"
+    structure = "{" + extra_keys + _ENVELOPE_KEYS + f', "{request_key}": {request}, "{response_key}": {response}}}'
+    lines = lines_sql(path, options.compression, f"_line_rejects_{file_id}")
+    relation = (
+        f"(SELECT line_no, raw, j, j.{request_key} AS req, j.{response_key} AS resp "
+        f"FROM {parsed_lines_sql(lines, structure)})"
     )
+    return relation, request_key, response_key
+
+
+# ---------------------------------------------------------------- Chat Completions
 
 
 def response_text_sql(message: str) -> str:
@@ -52,15 +89,20 @@ def response_text_sql(message: str) -> str:
     )
 
 
-def chat_usage_exprs(usage: str) -> dict[str, str]:
-    """Stage usage columns from an OpenAI ``usage`` struct (Chat Completions names)."""
+def openai_usage_exprs(usage: str, input_: str = "prompt", output: str = "completion") -> dict[str, str]:
+    """Stage usage columns from an OpenAI ``usage`` struct.
+
+    Chat Completions names the counts ``prompt_*``/``completion_*``, the
+    Responses API ``input_*``/``output_*`` (pass those); the meaning is the
+    same (cached ⊂ input, reasoning ⊂ output).
+    """
     return {
         "usage_semantics": "'openai'",
-        "usage_input": f"{usage}.prompt_tokens",
-        "usage_cache_read": f"{usage}.prompt_tokens_details.cached_tokens",
-        "usage_cache_write": f"{usage}.prompt_tokens_details.cache_write_tokens",
-        "usage_output": f"{usage}.completion_tokens",
-        "usage_reasoning": f"{usage}.completion_tokens_details.reasoning_tokens",
+        "usage_input": f"{usage}.{input_}_tokens",
+        "usage_cache_read": f"{usage}.{input_}_tokens_details.cached_tokens",
+        "usage_cache_write": f"{usage}.{input_}_tokens_details.cache_write_tokens",
+        "usage_output": f"{usage}.{output}_tokens",
+        "usage_reasoning": f"{usage}.{output}_tokens_details.reasoning_tokens",
     }
 
 
@@ -81,8 +123,7 @@ class ChatPairs(Format):
         first = sample.first_json
         if not isinstance(first, dict):
             return False
-        request = first.get("request", first.get("request_body"))
-        response = first.get("response", first.get("response_body"))
+        request, response = envelope_bodies(first)
         if not (isinstance(request, dict) and "messages" in request and isinstance(response, dict)):
             return False
         # Anthropic Messages and the Responses API use the same envelope: tell
@@ -92,16 +133,7 @@ class ChatPairs(Format):
         )
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
-        lines = lines_sql(path, options.compression, f"_line_rejects_{file_id}")
-        first = options.sample.first_json if options.sample else None
-        first = first if isinstance(first, dict) else {}
-        request_key = "request_body" if "request_body" in first and "request" not in first else "request"
-        response_key = "response_body" if "response_body" in first and "response" not in first else "response"
-        parsed = (
-            f"(SELECT line_no, raw, j, j.{request_key} AS req, j.{response_key} AS resp FROM (SELECT line_no, raw, "
-            f"{parsed_json_sql(line_structure(request_key, response_key))} AS j "
-            f"FROM {lines}))"
-        )
+        parsed, request_key, response_key = envelope_sql(path, options, file_id, _REQUEST, _RESPONSE)
         return select_stage(
             {
                 "line_no": "line_no",
@@ -123,7 +155,7 @@ class ChatPairs(Format):
                 "prompt_version": "coalesce(j.metadata ->> 'prompt_version', req.metadata ->> 'prompt_version')",
                 **chat_request_exprs("req"),
                 "response_text": response_text_sql("resp.choices[1].message"),
-                **chat_usage_exprs("resp.usage"),
+                **openai_usage_exprs("resp.usage"),
                 "latency_ms": "coalesce(j.latency_ms, j.duration_ms)",
                 "status": "CASE WHEN resp.error IS NOT NULL AND json_type(resp.error) <> 'NULL' OR TRY_CAST(j.status_code AS INTEGER) >= 400 THEN 'error' ELSE 'ok' END",
                 "status_code": "j.status_code",

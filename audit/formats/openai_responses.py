@@ -49,7 +49,8 @@ from pathlib import Path
 import duckdb
 
 from audit.formats import Format, IngestOptions, Sample, select_stage
-from audit.formats.lines import JSON_OBJECT_CHECKS, lines_sql, parsed_json_sql
+from audit.formats.lines import JSON_OBJECT_CHECKS
+from audit.formats.openai_chat import GATEWAY_ROW_KEYS, envelope_bodies, envelope_sql, openai_usage_exprs
 
 _PROMPT = '{"id": "VARCHAR", "version": "VARCHAR", "variables": "JSON"}'
 _REQUEST = (
@@ -70,27 +71,6 @@ _RESPONSE = (
     '"previous_response_id": "VARCHAR", "conversation": "JSON", "temperature": "VARCHAR", '
     '"max_output_tokens": "VARCHAR"}'
 )
-
-
-def line_structure(request_key: str, response_key: str) -> str:
-    """The envelope's keys; ``object`` tells a bare Response line apart."""
-    return (
-        '{"id": "VARCHAR", "object": "VARCHAR", "timestamp": "VARCHAR", "created_at": "VARCHAR", "ts": "VARCHAR", '
-        '"latency_ms": "VARCHAR", "duration_ms": "VARCHAR", "status_code": "VARCHAR", "user_id": "VARCHAR", '
-        f'"{request_key}": {_REQUEST}, "{response_key}": {_RESPONSE}, "metadata": "JSON"}}'
-    )
-
-
-def responses_usage_exprs(usage: str) -> dict[str, str]:
-    """Stage usage columns from a Responses API ``usage`` struct."""
-    return {
-        "usage_semantics": "'openai'",
-        "usage_input": f"{usage}.input_tokens",
-        "usage_cache_read": f"{usage}.input_tokens_details.cached_tokens",
-        "usage_cache_write": f"{usage}.input_tokens_details.cache_write_tokens",
-        "usage_output": f"{usage}.output_tokens",
-        "usage_reasoning": f"{usage}.output_tokens_details.reasoning_tokens",
-    }
 
 
 def items_to_messages_sql(items: str) -> str:
@@ -141,10 +121,6 @@ def _id_of(conversation: str) -> str:
     return f"CASE WHEN json_type({conversation}) = 'VARCHAR' THEN {conversation} ->> '$' ELSE {conversation} ->> 'id' END"
 
 
-# Columns of gateway exports (Helicone) that also hold request_body/response_body.
-_GATEWAY_ROW_KEYS = {"request_created_at", "response_status"}
-
-
 def _is_response_object(value: object) -> bool:
     return isinstance(value, dict) and value.get("object") == "response"
 
@@ -159,28 +135,24 @@ class ResponsesPairs(Format):
             return False
         if _is_response_object(first) and "request" not in first and "response" not in first:
             return True
-        if _GATEWAY_ROW_KEYS & first.keys():
+        if GATEWAY_ROW_KEYS & first.keys():
             return False  # a Helicone row carries Responses bodies too: that format reads it
-        request = first.get("request", first.get("request_body"))
-        response = first.get("response", first.get("response_body"))
+        request, response = envelope_bodies(first)
         if not isinstance(request, dict) or not ("response" in first or "response_body" in first):
             return False
         # A Response object, or (an error body) a request in Responses shape.
         return _is_response_object(response) or ("input" in request and "messages" not in request)
 
     def stage_sql(self, con: duckdb.DuckDBPyConnection, path: Path, options: IngestOptions, file_id: int) -> str:
-        lines = lines_sql(path, options.compression, f"_line_rejects_{file_id}")
-        first = options.sample.first_json if options.sample else None
-        first = first if isinstance(first, dict) else {}
-        request_key = "request_body" if "request_body" in first and "request" not in first else "request"
-        response_key = "response_body" if "response_body" in first and "response" not in first else "response"
+        # The envelope's ``object`` tells a bare Response line apart.
+        pairs, request_key, response_key = envelope_sql(
+            path, options, file_id, _REQUEST, _RESPONSE, extra_keys='"object": "VARCHAR", '
+        )
         # A bare Response line is parsed a second time as a Response (CASE only
         # evaluates that branch for those lines).
         parsed = (
-            f"(SELECT *, CASE WHEN bare THEN try(from_json(raw, '{_RESPONSE}')) ELSE j.{response_key} END AS resp "
-            f"FROM (SELECT line_no, raw, j, j.{request_key} AS req, "
-            f"(j.object = 'response' AND j.{request_key} IS NULL AND j.{response_key} IS NULL) AS bare "
-            f"FROM (SELECT line_no, raw, {parsed_json_sql(line_structure(request_key, response_key))} AS j FROM {lines})))"
+            f"(SELECT * REPLACE (CASE WHEN bare THEN try(from_json(raw, '{_RESPONSE}')) ELSE resp END AS resp) "
+            f"FROM (SELECT *, (j.object = 'response' AND req IS NULL AND resp IS NULL) AS bare FROM {pairs}))"
         )
         envelope_metadata = "CASE WHEN bare THEN NULL ELSE j.metadata END"
         prompt_id = "coalesce(resp.prompt.id, req.prompt.id)"
@@ -228,7 +200,7 @@ class ResponsesPairs(Format):
                 ),
                 "messages": messages_sql("coalesce(req.instructions, resp.instructions)", "req.input"),
                 "response_text": output_text_sql("resp.output"),
-                **responses_usage_exprs("resp.usage"),
+                **openai_usage_exprs("resp.usage", "input", "output"),
                 "latency_ms": (
                     "coalesce(j.latency_ms, j.duration_ms, "
                     "CAST((TRY_CAST(resp.completed_at AS DOUBLE) - TRY_CAST(resp.created_at AS DOUBLE)) * 1000 AS VARCHAR))"

@@ -56,7 +56,6 @@ position, its reject reason names the physical line, and each span's
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from pathlib import Path
@@ -65,6 +64,7 @@ import duckdb
 
 from audit.errors import InputError
 from audit.formats import Format, IngestOptions, Sample, records_stage
+from audit.formats.lines import read_bytes
 
 # Old attribute name → current name.
 ALIASES: dict[str, str] = {
@@ -329,16 +329,8 @@ def span_record(span: dict, attrs: dict, context: dict, position: int) -> dict:
 
 
 def _read_text(path: Path, compression: str) -> str:
-    if compression == "gzip":
-        with gzip.open(path, "rb") as handle:
-            data = handle.read()
-    elif compression == "zstd":
-        import zstandard
-
-        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as handle:
-            data = handle.read()
-    else:
-        data = path.read_bytes()
+    """The file as text: unlike ``read_text``, bytes that are not UTF-8 refuse the file."""
+    data = read_bytes(path, compression)
     try:
         return data.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError as exc:

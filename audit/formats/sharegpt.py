@@ -46,7 +46,6 @@ that every row of these files needs costs far more than this parsing.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import re
@@ -60,6 +59,7 @@ import duckdb
 from audit.errors import InputError
 from audit.formats import Format, IngestOptions, Sample, records_stage
 from audit.formats.generic import resolve_columns
+from audit.formats.lines import read_text
 from audit.tokens import message_text
 
 # Record keys that hold the conversation, in order of preference.
@@ -299,23 +299,6 @@ def number_rows(rows: Iterable[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def read_text(path: Path, compression: str) -> str:
-    try:
-        if compression == "gzip":
-            with gzip.open(path, "rb") as handle:
-                data = handle.read()
-        elif compression == "zstd":
-            import zstandard
-
-            with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as handle:
-                data = handle.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read {path}: {exc}", "check that the file is complete") from None
-    return data.decode("utf-8", errors="replace").lstrip("\ufeff")
 
 
 def conversation_records(path: Path, text: str) -> tuple[str, list[tuple[int, object, str, str | None]]]:
