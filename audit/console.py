@@ -18,6 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from audit.errors import AuditError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+if not err.is_terminal:
+    # Piped or in `make`: no terminal width to respect, and 80 columns truncate tables.
+    err = Console(stderr=True, highlight=False, soft_wrap=True, width=150)
 out = Console(highlight=False, soft_wrap=True)
 
 

@@ -35,10 +35,13 @@ _AGGREGATES = """
 
 
 def spend_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    # Batch API input files hold prompts, not calls: counted apart.
     files = _rows(
         con,
         """SELECT count(*) AS files, coalesce(sum(rows_read), 0) AS read, coalesce(sum(rows_stored), 0) AS stored,
-                  coalesce(sum(rows_duplicate), 0) AS duplicate, coalesce(sum(rows_rejected), 0) AS rejected
+                  coalesce(sum(rows_duplicate), 0) AS duplicate, coalesce(sum(rows_rejected), 0) AS rejected,
+                  coalesce(sum(rows_stored) FILTER (WHERE format = 'openai-batch-input'), 0) AS batch_prompts,
+                  list(DISTINCT sampled_fraction ORDER BY sampled_fraction) AS sampled_fractions
            FROM ingest_files WHERE NOT replaced""",
     )[0]
     totals = _rows(con, f"SELECT {_AGGREGATES}, min(started_at) AS first_call, max(started_at) AS last_call, "

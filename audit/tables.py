@@ -36,7 +36,13 @@ def render_spend(summary: dict[str, Any], *, days: int) -> None:
     err.print(
         f"[bold]{ingest['files']:,} files[/]: read {ingest['read']:,} = stored {ingest['stored']:,} "
         f"+ duplicate {ingest['duplicate']:,} + rejected {ingest['rejected']:,}"
+        + (f" [dim](stored includes {ingest['batch_prompts']:,} Batch API prompts joined to their outputs)[/]"
+           if ingest["batch_prompts"] else "")
     )
+    fractions = [f for f in ingest["sampled_fractions"] or [] if f != 1]
+    if fractions:
+        err.print("sampled exports: " + ", ".join(f"{f:g} of traffic" for f in fractions)
+                  + "; scaled figures divide by it")
     if totals["calls"] == 0:
         err.print("The ledger is empty: run `audit ingest LOGS...` first.")
         return
