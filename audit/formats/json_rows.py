@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from audit.errors import InputError
 from audit.formats import IngestOptions, Sample
-from audit.formats.lines import MAX_LINE_BYTES, lines_sql, read_text, reader_sql, sql_string
+from audit.formats.lines import LINE_LIMITS, lines_sql, read_text, reader_sql, sql_string
 
 RowTest = Callable[[object], bool]
 
@@ -171,7 +171,7 @@ def _csv_rows_sql(con: duckdb.DuckDBPyConnection, path: Path, options: IngestOpt
         path, options.compression, f"_line_rejects_{file_id}",
         csv_options=(
             f"columns={columns}, header=true, auto_detect=false, delim=',', quote='\"', escape='\"', "
-            f"strict_mode=false, max_line_size={MAX_LINE_BYTES}"
+            f"strict_mode=false, {LINE_LIMITS}"
         ),
     )
     cells = ", ".join(f"{sql_string(n)}, NULLIF({_quote(n)}, '')" for n in names)

@@ -22,9 +22,13 @@ from typing import BinaryIO
 
 from audit.errors import InputError
 
-# The longest single line we accept (a 50 MB prompt is fine). Do not set
-# buffer_size next to it: DuckDB 2.0 then mis-reads files in parallel.
-MAX_LINE_BYTES = 256 * 1024 * 1024
+# The longest single line we accept (a 50 MB prompt is fine), and the read
+# buffer that must hold it. Left to itself DuckDB sizes the buffer at 16x the
+# line limit (4 GB for gzip input, over a laptop's memory limit); a buffer only
+# just above the limit makes DuckDB 2.0 mis-read files in parallel, so: 2x.
+MAX_LINE_BYTES = 128 * 1024 * 1024
+READ_BUFFER_BYTES = 2 * MAX_LINE_BYTES
+LINE_LIMITS = f"max_line_size={MAX_LINE_BYTES}, buffer_size={READ_BUFFER_BYTES}"
 
 
 def sql_string(value: str) -> str:
@@ -44,7 +48,7 @@ def lines_sql(path: Path, compression: str, rejects_table: str) -> str:
     options = (
         # strict_mode off: files mixing CRLF and LF lines are common and fine.
         "columns={'raw': 'VARCHAR'}, header=false, delim=chr(1), quote='', escape='', strict_mode=false, "
-        f"auto_detect=false, max_line_size={MAX_LINE_BYTES}"
+        f"auto_detect=false, {LINE_LIMITS}"
     )
     reader = reader_sql(path, compression, rejects_table, csv_options=options)
     return (
