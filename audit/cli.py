@@ -20,7 +20,9 @@ app = typer.Typer(
     name="audit",
     help=(
         "Audit what your company spends on LLM APIs, from your own request logs.\n\n"
-        "Typical run: `audit ingest LOGS...` then `audit spend`."
+        "Typical run: `audit ingest LOGS...` then `audit spend`. Every command takes `--db PATH`.\n\n"
+        "Exit codes: 0 success; 1 a problem with input, options or the database (one line on stderr "
+        "says what to do); 2 wrong usage; 130 interrupted."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -33,12 +35,6 @@ DbOption = Annotated[
     typer.Option("--db", envvar="AUDIT_DB", help="The audit database file (DuckDB); created if missing."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
-def _formats_help() -> str:
-    from audit.formats import registry
-
-    return "; ".join(f"`{f.name}`: {f.description}" for f in registry())
 
 
 @app.command()

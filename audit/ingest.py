@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from audit.errors import InputError
 from audit.formats import Format, IngestOptions, Sample, by_name, registry
+from audit.formats.lines import sql_string
 from audit.tokens import TokenCounter
 
 RAW_CAP = 4000           # characters of a rejected record's text kept in ingest_rejects
@@ -280,7 +281,8 @@ def _csv_level_rejects(ctx: _Context) -> list[tuple[int, str, str]]:
     return [(line, reasons.get(kind, f"unreadable line ({kind.lower()})"), text) for line, kind, text in rows]
 
 
-def _renumber(con: duckdb.DuckDBPyConnection, table: str, reader_rejected_lines: list[int]) -> None:
+def _renumber(con: duckdb.DuckDBPyConnection, table: str, line_column: str, where: str,
+              reader_rejected_lines: list[int]) -> None:
     """Map reader ordinals back to physical line numbers past the rejected lines.
 
     The reader numbers only the lines it kept. With rejected lines r_1 < r_2 < …,
@@ -289,7 +291,8 @@ def _renumber(con: duckdb.DuckDBPyConnection, table: str, reader_rejected_lines:
     gaps = [line - i for i, line in enumerate(reader_rejected_lines, start=1)]
     con.execute("CREATE OR REPLACE TEMP TABLE _gaps AS SELECT unnest(?::BIGINT[]) AS gap", [gaps])
     con.execute(
-        f"UPDATE {table} SET line_no = line_no + (SELECT count(*) FROM _gaps WHERE gap < {table}.line_no)"
+        f"UPDATE {table} SET {line_column} = {line_column} + "
+        f"(SELECT count(*) FROM _gaps WHERE gap < {table}.{line_column}) WHERE {where}"
     )
 
 
@@ -304,18 +307,21 @@ def _raw_texts(ctx: _Context, ordinals: list[int]) -> dict[int, str]:
     return dict(rows)
 
 
-def _store_rejects(ctx: _Context, stage_table: str, reason_column: str) -> tuple[int, dict[str, int]]:
-    """Move rejected stage rows (and reader-level rejects) into ``ingest_rejects``."""
+def _store_rejects(ctx: _Context, rejected: list[tuple[int, str]], renumber_table: str,
+                   renumber_column: str, renumber_where: str = "true") -> tuple[int, dict[str, int]]:
+    """Write rejected records (and reader-level rejects) to ``ingest_rejects``.
+
+    ``rejected`` holds (reader ordinal, reason). When DuckDB's reader refused
+    lines itself, the ordinals kept in ``renumber_table.renumber_column``
+    (rows matching ``renumber_where``) are mapped back to physical lines.
+    """
     con = ctx.con
-    rejected = con.execute(
-        f"SELECT line_no, {reason_column} FROM {stage_table} WHERE {reason_column} IS NOT NULL ORDER BY line_no"
-    ).fetchall()
     raw = _raw_texts(ctx, [line for line, _ in rejected])
     reader_rejects = _csv_level_rejects(ctx)
     rows = [(line, reason, raw.get(line)) for line, reason in rejected]
     if reader_rejects:
         kept_lines = [line for line, _, _ in reader_rejects]
-        _renumber(con, stage_table, kept_lines)
+        _renumber(con, renumber_table, renumber_column, renumber_where, kept_lines)
         # the same mapping for the rejected rows we are about to write
         gaps = [line - i for i, line in enumerate(kept_lines, start=1)]
         rows = [(line + sum(g < line for g in gaps), reason, text) for line, reason, text in rows]
@@ -332,16 +338,19 @@ def _store_rejects(ctx: _Context, stage_table: str, reason_column: str) -> tuple
     return len(rows), reasons
 
 
-def _count_missing_tokens(con: duckdb.DuckDBPyConnection, counter: TokenCounter) -> int:
-    """Count tokens with tiktoken for good calls that logged no usage."""
+def _count_missing_tokens(con: duckdb.DuckDBPyConnection, file_id: int, counter: TokenCounter) -> int:
+    """Count tokens with tiktoken for this file's calls that logged no usage."""
     todo = con.execute(
-        "SELECT line_no, model_logged, messages, response_text FROM _checked "
-        "WHERE why IS NULL AND call_status = 'ok' AND (input_norm IS NULL OR output_norm IS NULL)"
+        "SELECT source_line, model_logged, messages, response_text FROM requests "
+        "WHERE file_id = ? AND tokens_source = 'pending'",
+        [file_id],
     ).fetchall()
-    # line_no identifies a stage row (the formats' contract); the join below relies on it.
+    if not todo:
+        return 0
+    # source_line identifies a record within a file (the formats' contract).
     if len({row[0] for row in todo}) != len(todo):
-        raise AssertionError("a format produced two stage rows with the same line_no")
-    counts = counter.count_chats([(model, messages, text) for _, model, messages, text in todo]) if todo else []
+        raise AssertionError("a format produced two records with the same line_no")
+    counts = counter.count_chats([(model, messages, text) for _, model, messages, text in todo])
     table = pa.table(
         {
             "line_no": pa.array([row[0] for row in todo], pa.int64()),
@@ -350,76 +359,99 @@ def _count_missing_tokens(con: duckdb.DuckDBPyConnection, counter: TokenCounter)
         }
     )
     con.complete()
-    con.register("_counted_arrow", table)
-    con.execute("CREATE OR REPLACE TEMP TABLE _counted AS SELECT * FROM _counted_arrow")
-    con.unregister("_counted_arrow")
+    con.register("_counted", table)
+    con.execute(
+        """UPDATE requests SET
+               input_tokens = coalesce(requests.input_tokens, k.counted_input),
+               cached_input_tokens = coalesce(requests.cached_input_tokens, CASE WHEN k.counted_input IS NOT NULL THEN 0 END),
+               cache_write_tokens = coalesce(requests.cache_write_tokens, CASE WHEN k.counted_input IS NOT NULL THEN 0 END),
+               output_tokens = coalesce(requests.output_tokens, k.counted_output),
+               reasoning_tokens = coalesce(requests.reasoning_tokens, CASE WHEN k.counted_output IS NOT NULL THEN 0 END),
+               tokens_source = CASE
+                   WHEN requests.input_tokens IS NULL AND requests.output_tokens IS NULL
+                   THEN CASE WHEN coalesce(k.counted_input, k.counted_output) IS NULL THEN 'none' ELSE 'counted' END
+                   ELSE 'logged+counted' END
+           FROM _counted k
+           WHERE requests.file_id = ? AND requests.source_line = k.line_no AND requests.tokens_source = 'pending'""",
+        [file_id],
+    )
+    con.unregister("_counted")
     return len(todo)
 
 
 def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, counter: TokenCounter) -> FileResult:
+    """One pass writes every record into ``requests``; light passes then move
+    rejects and duplicates out and count missing tokens (no staging copy of
+    the prompts: on a 10 GB file that copy spilled to disk and tripled the time)."""
     con = ctx.con
     result = FileResult(path=str(ctx.path), format=fmt_name)
-    # One pass: parse, identify, check and normalise. Records without an id
-    # are identified by their content (hashing is costly: only for those).
+    file_id = ctx.file_id
     with ctx.phase("reading"):
+        inserted = con.execute(
+            f"""INSERT INTO requests BY NAME
+            SELECT request_id, native_id, {file_id} AS file_id, line_no AS source_line,
+                   {sql_string(fmt_name)} AS source_format,
+                   audit_ts(started_at_raw) AS started_at,
+                   coalesce(lower(provider), audit_provider_for(model_logged)) AS provider,
+                   model_logged, audit_normalize_model(model_logged) AS model,
+                   user_id, session_id, prompt_name, prompt_version, messages, response_text,
+                   input_norm AS input_tokens,
+                   CASE WHEN input_norm IS NOT NULL THEN coalesce(audit_int(usage_cache_read), 0) END AS cached_input_tokens,
+                   CASE WHEN input_norm IS NOT NULL THEN coalesce(audit_int(usage_cache_write), 0) END AS cache_write_tokens,
+                   output_norm AS output_tokens,
+                   CASE WHEN output_norm IS NOT NULL THEN coalesce(audit_int(usage_reasoning), 0) END AS reasoning_tokens,
+                   CASE WHEN input_norm IS NOT NULL AND output_norm IS NOT NULL THEN 'logged'
+                        WHEN call_status = 'ok' THEN 'pending'
+                        WHEN input_norm IS NULL AND output_norm IS NULL THEN 'none'
+                        ELSE 'logged' END AS tokens_source,
+                   TRY_CAST(logged_cost_usd AS DOUBLE) AS logged_cost_usd,
+                   TRY_CAST(latency_ms AS DOUBLE) AS latency_ms,
+                   call_status AS status,
+                   TRY_CAST(TRY_CAST(status_code AS DOUBLE) AS INTEGER) AS status_code, error_message,
+                   coalesce(is_batch, false) AS is_batch, service_tier,
+                   TRY_CAST(temperature AS DOUBLE) AS temperature, audit_int(max_tokens) AS max_tokens,
+                   {float(sampled_fraction)} AS sampled_fraction, metadata,
+                   why AS ingest_reject_reason
+            FROM (
+                SELECT *, {_check_sql()} AS why,
+                       {_INPUT_NORMALISED} AS input_norm,
+                       {_OUTPUT_NORMALISED} AS output_norm,
+                       CASE WHEN status IS NOT NULL THEN status WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END
+                           AS call_status
+                FROM (SELECT * EXCLUDE (raw),
+                             -- records without an id are identified by their content (only they are hashed)
+                             md5({sql_string(fmt_name)} || ':' ||
+                                 CASE WHEN dedupe_key IS NULL THEN md5(raw::VARCHAR) ELSE dedupe_key END) AS request_id
+                      FROM ({ctx.stage_sql})))"""
+        ).fetchall()[0][0]
+    this_file = f"requests.file_id = {file_id}"
+    # Rejects out (their raw text is re-read from the file only when there are some).
+    rejected = con.execute(
+        f"SELECT source_line, ingest_reject_reason FROM requests WHERE {this_file} "
+        "AND ingest_reject_reason IS NOT NULL ORDER BY source_line"
+    ).fetchall()
+    if rejected:
+        con.execute(f"DELETE FROM requests WHERE {this_file} AND ingest_reject_reason IS NOT NULL")
+    result.rejected, result.reject_reasons = _store_rejects(ctx, rejected, "requests", "source_line", this_file)
+    result.read = inserted + result.rejected - len(rejected)
+    # Duplicates out: calls already in the ledger from other files, and earlier
+    # copies within this file (exports re-emit updated records: the last wins).
+    with ctx.phase("de-duplicating"):
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _checked AS
-            SELECT *, {_check_sql()} AS why,
-                   {_INPUT_NORMALISED} AS input_norm,
-                   {_OUTPUT_NORMALISED} AS output_norm,
-                   CASE WHEN status IS NOT NULL THEN status WHEN error_message IS NOT NULL THEN 'error' ELSE 'ok' END
-                       AS call_status
-            FROM (SELECT * EXCLUDE (raw),
-                         md5(? || ':' || CASE WHEN dedupe_key IS NULL THEN md5(raw::VARCHAR) ELSE dedupe_key END) AS request_id
-                  FROM ({ctx.stage_sql}))""",
-            [fmt_name],
+            f"""DELETE FROM requests WHERE {this_file} AND (
+                    request_id IN (SELECT request_id FROM requests WHERE file_id <> {file_id})
+                    OR (request_id, source_line) IN (
+                        SELECT (request_id, source_line) FROM (
+                            SELECT request_id, source_line,
+                                   source_line < max(source_line) OVER (PARTITION BY request_id) AS superseded
+                            FROM requests WHERE file_id = {file_id}
+                              AND request_id IN (SELECT request_id FROM requests WHERE file_id = {file_id}
+                                                 GROUP BY request_id HAVING count(*) > 1))
+                        WHERE superseded))"""
         )
-    staged = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
-    # Rejects first: storing them renumbers lines past reader-level rejects.
-    result.rejected, result.reject_reasons = _store_rejects(ctx, "_checked", "why")
-    result.counted = _count_missing_tokens(con, counter)
-    result.read = staged + (result.rejected - con.execute("SELECT count(*) FROM _checked WHERE why IS NOT NULL").fetchone()[0])
-    # Within a file the last copy of a call wins (exports re-emit updated records).
-    repeats = con.execute(
-        "SELECT count(*) - count(DISTINCT request_id) FROM _checked WHERE why IS NULL").fetchone()[0]
-    last_copy_only = (
-        "QUALIFY row_number() OVER (PARTITION BY c.request_id ORDER BY c.line_no DESC) = 1" if repeats else ""
-    )
-    before = con.execute("SELECT count(*) FROM requests").fetchone()[0]
-    with ctx.phase("storing"):
-        con.execute(
-            f"""INSERT INTO requests
-            SELECT c.request_id, c.native_id, ?, c.line_no, ?,
-                   audit_ts(c.started_at_raw),
-                   coalesce(lower(c.provider), audit_provider_for(c.model_logged)),
-                   c.model_logged, audit_normalize_model(c.model_logged),
-                   c.user_id, c.session_id, c.prompt_name, c.prompt_version,
-                   c.messages, c.response_text,
-                   coalesce(c.input_norm, k.counted_input),
-                   CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_read), 0)
-                        WHEN k.counted_input IS NOT NULL THEN 0 END,
-                   CASE WHEN c.input_norm IS NOT NULL THEN coalesce(audit_int(c.usage_cache_write), 0)
-                        WHEN k.counted_input IS NOT NULL THEN 0 END,
-                   coalesce(c.output_norm, k.counted_output),
-                   CASE WHEN c.output_norm IS NOT NULL THEN coalesce(audit_int(c.usage_reasoning), 0)
-                        WHEN k.counted_output IS NOT NULL THEN 0 END,
-                   CASE WHEN c.input_norm IS NOT NULL AND c.output_norm IS NOT NULL THEN 'logged'
-                        WHEN c.input_norm IS NULL AND c.output_norm IS NULL AND k.counted_input IS NOT NULL THEN 'counted'
-                        WHEN coalesce(c.input_norm, k.counted_input) IS NOT NULL THEN 'logged+counted'
-                        ELSE 'none' END,
-                   TRY_CAST(c.logged_cost_usd AS DOUBLE), TRY_CAST(c.latency_ms AS DOUBLE),
-                   c.call_status, TRY_CAST(TRY_CAST(c.status_code AS DOUBLE) AS INTEGER), c.error_message,
-                   coalesce(c.is_batch, false), c.service_tier,
-                   TRY_CAST(c.temperature AS DOUBLE), audit_int(c.max_tokens),
-                   ?, c.metadata
-            FROM _checked c LEFT JOIN _counted k USING (line_no)
-            WHERE c.why IS NULL AND c.request_id NOT IN (SELECT request_id FROM requests)
-            {last_copy_only}""",
-            [ctx.file_id, fmt_name, sampled_fraction],
-        )
-    result.stored = con.execute("SELECT count(*) FROM requests").fetchone()[0] - before
+    result.stored = con.execute(f"SELECT count(*) FROM requests WHERE {this_file}").fetchall()[0][0]
     result.duplicate = result.read - result.stored - result.rejected
-    con.execute("DROP TABLE IF EXISTS _checked; DROP TABLE IF EXISTS _counted")
+    result.counted = _count_missing_tokens(con, file_id, counter)
     return result
 
 
@@ -428,7 +460,9 @@ def _ingest_batch_inputs(ctx: _Context, fmt_name: str) -> FileResult:
     result = FileResult(path=str(ctx.path), format=fmt_name)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _binputs AS SELECT * EXCLUDE (raw) FROM ({ctx.stage_sql})")
     staged = con.execute("SELECT count(*) FROM _binputs").fetchone()[0]
-    result.rejected, result.reject_reasons = _store_rejects(ctx, "_binputs", "reject_reason")
+    rejected = con.execute(
+        "SELECT line_no, reject_reason FROM _binputs WHERE reject_reason IS NOT NULL ORDER BY line_no").fetchall()
+    result.rejected, result.reject_reasons = _store_rejects(ctx, rejected, "_binputs", "line_no")
     result.read = staged + (result.rejected - con.execute("SELECT count(*) FROM _binputs WHERE reject_reason IS NOT NULL").fetchone()[0])
     result.stored = con.execute(
         "INSERT INTO batch_requests SELECT ?, line_no, custom_id, body FROM _binputs WHERE reject_reason IS NULL",

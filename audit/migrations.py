@@ -102,6 +102,15 @@ def _m001_ingest(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration(2, "ingest works inside the ledger")
+def _m002_reject_reason(con: duckdb.DuckDBPyConnection) -> None:
+    # Ingest writes every record of a file straight into ``requests`` (one
+    # pass over a 10 GB file, no staging copy), then moves the rejected ones
+    # to ``ingest_rejects`` in the same transaction. Committed rows always
+    # have NULL here.
+    con.execute("ALTER TABLE requests ADD COLUMN ingest_reject_reason VARCHAR")
+
+
 def apply(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply every migration the database lacks; return the numbers applied."""
     con.execute(

@@ -42,7 +42,7 @@ def main() -> None:
 
     # Reference: DuckDB's own JSON scan of the same file.
     started = time.perf_counter()
-    rows = duckdb.connect().sql(f"SELECT count(*) FROM read_json('{log}')").fetchone()[0]
+    rows = duckdb.connect().execute(f"SELECT count(*) FROM read_json('{log}')").fetchall()[0][0]
     reference = time.perf_counter() - started
 
     db_path = DATA / "bench.duckdb"
