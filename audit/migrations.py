@@ -111,6 +111,82 @@ def _m002_reject_reason(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE requests ADD COLUMN ingest_reject_reason VARCHAR")
 
 
+@migration(3, "analyze: costs, templates, findings")
+def _m003_analyze(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        -- One row per request: its list-price cost and the price it used.
+        CREATE TABLE request_costs (
+            request_id             VARCHAR NOT NULL,
+            priced                 BOOLEAN NOT NULL,
+            cost_usd               DOUBLE,    -- NULL when not priced (never a silent 0)
+            input_cost_usd         DOUBLE,    -- uncached input
+            cached_input_cost_usd  DOUBLE,
+            cache_write_cost_usd   DOUBLE,
+            output_cost_usd        DOUBLE,
+            batch_discount         DOUBLE,    -- fraction taken off (0.5 = half price); 0 when not batch
+            price_provider         VARCHAR,
+            price_model            VARCHAR,   -- the catalog (or override) model used
+            price_valid_from       DATE,      -- start of the price period used
+            price_source           VARCHAR,   -- 'genai-prices <version>' | 'override <file>' | 'self-hosted <file>'
+            unpriced_reason        VARCHAR
+        );
+        -- The window monthly figures are computed over (last 30 days of the ledger).
+        CREATE TABLE analysis_window (
+            window_start TIMESTAMP NOT NULL,
+            window_end   TIMESTAMP NOT NULL,
+            days         DOUBLE NOT NULL     -- monthly = sum over window / sampled_fraction * 30 / days
+        );
+        CREATE TABLE templates (
+            template_id        VARCHAR PRIMARY KEY,   -- stable across runs
+            source             VARCHAR NOT NULL,      -- 'explicit' (prompt name) | 'mined'
+            name               VARCHAR NOT NULL,      -- prompt name, or a short readable name
+            signature          VARCHAR NOT NULL,      -- the skeleton with slots shown as {slot}
+            example_request_id VARCHAR,
+            calls              BIGINT,                -- rows in the ledger
+            calls_scaled       DOUBLE,                -- / sampled_fraction
+            spend_usd          DOUBLE,                -- scaled, whole ledger
+            spend_monthly_usd  DOUBLE,                -- scaled, analysis window, per 30 days
+            main_model         VARCHAR,
+            task_type          VARCHAR,
+            task_confidence    DOUBLE,
+            task_evidence      JSON,
+            tier               VARCHAR                -- small | mid | large
+        );
+        CREATE TABLE request_templates (
+            request_id  VARCHAR NOT NULL,
+            template_id VARCHAR NOT NULL,
+            slots       JSON                          -- the masked variable values, in order
+        );
+        CREATE TABLE findings (
+            finding_id                   VARCHAR NOT NULL,
+            kind                         VARCHAR NOT NULL,  -- exact_cache, near_duplicate_cache, precompute, ...
+            status                       VARCHAR NOT NULL,  -- 'found' | 'not-run'
+            not_run_reason               VARCHAR,
+            template_id                  VARCHAR,
+            model                        VARCHAR,
+            requests_affected            BIGINT,            -- rows in the ledger
+            requests_affected_monthly    DOUBLE,            -- scaled, per 30 days
+            spend_affected_monthly_usd   DOUBLE,
+            savings_low_monthly_usd      DOUBLE,            -- alone, before stacking
+            savings_high_monthly_usd     DOUBLE,
+            risk                         VARCHAR,           -- 'none' | 'quality-gated'
+            stack_step                   INTEGER,           -- cache 1, precompute 2, batch 3, context 4, model 5, other 6
+            stacked_savings_low_monthly_usd  DOUBLE,        -- after the earlier steps took their share
+            stacked_savings_high_monthly_usd DOUBLE,
+            action                       VARCHAR,
+            evidence                     JSON               -- counts, thresholds, example request ids
+        );
+        CREATE TABLE analysis_runs (
+            run_id      INTEGER NOT NULL,
+            started_at  TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            parameters  JSON
+        );
+        """
+    )
+
+
 def apply(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply every migration the database lacks; return the numbers applied."""
     con.execute(
