@@ -88,9 +88,46 @@ def analyze(
         "window": window,
         "pricing": pricing_summary,
         "reconciliation": pricing.reconcile(con, invoice_total_monthly),
-        "templates": template_summary,
+        "template_mining": template_summary,
         "tasks": task_summary,
-        "findings": [dict(zip([d[0] for d in cur.description], row))
-                     for cur in [con.execute("SELECT * FROM findings ORDER BY status, stacked_savings_high_monthly_usd DESC NULLS LAST")]
-                     for row in cur.fetchall()],
+        **summary_from_tables(con),
     }
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    cursor = con.execute(sql)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def summary_from_tables(con: duckdb.DuckDBPyConnection, *, top: int = 15) -> dict[str, Any]:
+    """What analyze found, read back from its tables (the CLI and the report show this)."""
+    totals = _rows(
+        con,
+        f"""SELECT sum(c.cost_usd * {MONTHLY}) FILTER (WHERE {IN_WINDOW}) AS spend_monthly_usd,
+                   sum(c.cost_usd / r.sampled_fraction) AS spend_ledger_usd,
+                   count(*) FILTER (WHERE NOT c.priced) AS unpriced_requests,
+                   count(*) AS requests
+            FROM requests r JOIN request_costs c USING (request_id), analysis_window w""",
+    )[0]
+    templates = _rows(
+        con,
+        f"""SELECT template_id, name, source, calls, calls_scaled, main_model, task_type, tier,
+                   task_confidence, spend_monthly_usd,
+                   spend_monthly_usd / nullif(sum(spend_monthly_usd) OVER (), 0) AS share_of_spend
+            FROM templates ORDER BY spend_monthly_usd DESC NULLS LAST, template_id LIMIT {int(top)}""",
+    )
+    findings = _rows(
+        con,
+        """SELECT f.*, t.name AS template_name FROM findings f LEFT JOIN templates t USING (template_id)
+           ORDER BY f.status, f.stacked_savings_high_monthly_usd DESC NULLS LAST, f.kind, f.template_id""",
+    )
+    found = [f for f in findings if f["status"] == "found"]
+    stack = {
+        "savings_low_monthly_usd": sum(f["stacked_savings_low_monthly_usd"] or 0 for f in found),
+        "savings_high_monthly_usd": sum(f["stacked_savings_high_monthly_usd"] or 0 for f in found),
+        "no_risk_high_monthly_usd": sum(f["stacked_savings_high_monthly_usd"] or 0 for f in found if f["risk"] == "none"),
+        "quality_gated_high_monthly_usd": sum(f["stacked_savings_high_monthly_usd"] or 0 for f in found
+                                              if f["risk"] == "quality-gated"),
+    }
+    return {"totals": totals, "top_templates": templates, "findings": findings, "savings_stack": stack}

@@ -117,6 +117,36 @@ def spend(*, db: DbOption = Path(audit_db.DEFAULT_DB), json: JsonOption = False,
 
 
 @app.command()
+def analyze(
+    *,
+    db: DbOption = Path(audit_db.DEFAULT_DB),
+    prices: Annotated[Optional[Path], typer.Option("--prices", help="Price overrides (TOML): negotiated rates, model aliases, self-hosted GPU prices. Default: ./audit.toml when present.")] = None,
+    invoice_total: Annotated[Optional[float], typer.Option("--invoice-total", help="Your monthly invoice in USD: shows how much of it the ledger explains.")] = None,
+    cache_ttl_hours: Annotated[float, typer.Option("--cache-ttl-hours", help="Response-cache lifetime the cache detectors simulate.")] = 24.0,
+    keep_turns: Annotated[int, typer.Option("--keep-turns", help="Turns of history the context-trimming estimate keeps.")] = 4,
+    json: JsonOption = False,
+) -> None:
+    """Price every call, mine prompt templates, classify their task and tier, and find priced waste.
+
+    Writes `request_costs`, `templates`, `request_templates` and `findings`; re-running rewrites them.
+    """
+    from audit import console
+    from audit.analyze import analyze as run_analyze
+    from audit.findings import Settings
+
+    con = audit_db.connect(db)
+    settings = Settings(cache_ttl_hours=cache_ttl_hours, context_keep_turns=keep_turns)
+    with console.progress_bar("analyzing", None, show_count=False):
+        summary = run_analyze(con, prices_path=prices, settings=settings, invoice_total_monthly=invoice_total)
+    if json:
+        console.print_json(summary)
+        return
+    from audit.tables import render_analysis
+
+    render_analysis(summary, con)
+
+
+@app.command()
 def rejects(*, db: DbOption = Path(audit_db.DEFAULT_DB), json: JsonOption = False,
             limit: Annotated[int, typer.Option(help="How many to list.")] = 50) -> None:
     """List records that could not be stored: file, line, reason."""

@@ -26,6 +26,7 @@ tokens for the calls that logged none.
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import hashlib
 import json
@@ -510,13 +511,27 @@ def ingest_file(
     options = IngestOptions(mapping=options.mapping, default_model=options.default_model,
                             compression=compression_of(path))
     size = path.stat().st_size
-    digest = sha256_of(path)
-    same = con.execute(
-        "SELECT path FROM ingest_files WHERE sha256 = ? AND NOT replaced ORDER BY file_id LIMIT 1", [digest]
-    ).fetchone()
-    if same and not (replace and same[0] == str(path)):
-        where = "" if same[0] == str(path) else f" (same content as {same[0]})"
-        return FileResult(path=str(path), format="-", skipped=f"already ingested{where}")
+
+    def already_ingested(digest: str) -> FileResult | None:
+        same = con.execute(
+            "SELECT path FROM ingest_files WHERE sha256 = ? AND NOT replaced ORDER BY file_id LIMIT 1", [digest]
+        ).fetchall()
+        if same and not (replace and same[0][0] == str(path)):
+            where = "" if same[0][0] == str(path) else f" (same content as {same[0][0]})"
+            return FileResult(path=str(path), format="-", skipped=f"already ingested{where}")
+        return None
+
+    # A file ingested before (same path and size) is most likely unchanged: hash
+    # it first and skip it. A new file is hashed on a side thread while DuckDB
+    # reads it (hashing a 10 GB file alone takes ~10 s), and checked before commit.
+    seen_before = con.execute(
+        "SELECT count(*) FROM ingest_files WHERE path = ? AND size_bytes = ? AND NOT replaced", [str(path), size]
+    ).fetchall()[0][0]
+    hashing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    digest_future = hashing.submit(sha256_of, path)
+    hashing.shutdown(wait=False)
+    if seen_before and (skipped := already_ingested(digest_future.result())):
+        return skipped
     sample = read_sample(path, options.compression)
     options.sample = sample
     if not sample.head.strip(b"\xef\xbb\xbf \t\r\n"):
@@ -542,6 +557,10 @@ def ingest_file(
                 result = _ingest_batch_inputs(ctx, fmt_name)
             else:
                 result = _ingest_requests(ctx, fmt_name, sampled_fraction, counter)
+        digest = digest_future.result()
+        if skipped := already_ingested(digest):
+            con.execute("ROLLBACK")
+            return skipped
         con.execute(
             "INSERT INTO ingest_files (file_id, path, sha256, size_bytes, format, sampled_fraction, ingested_at, "
             "rows_read, rows_stored, rows_duplicate, rows_rejected) VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?, ?, ?)",

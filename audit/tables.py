@@ -61,3 +61,47 @@ def render_spend(summary: dict[str, Any], *, days: int) -> None:
         for row in summary["reject_reasons"]:
             table.add_row(row["reason"], _n(row["records"]))
         err.print(table)
+
+
+def render_analysis(summary: dict[str, Any], con: Any = None) -> None:
+    totals, stack = summary["totals"], summary["savings_stack"]
+    window = summary["window"]
+    spend = totals["spend_monthly_usd"] or 0.0
+    err.print(
+        f"[bold]Monthly spend[/] (last {window['days']:.0f} days to {window['end']:%Y-%m-%d}, full traffic): "
+        f"[bold]{_money(spend)}[/]"
+        + (f" · [yellow]{totals['unpriced_requests']:,} calls not priced[/] (unknown models: see --json pricing)"
+           if totals["unpriced_requests"] else "")
+    )
+    table = Table(title="Where the money goes: top templates", title_justify="left", header_style="bold")
+    for column in ("template", "source", "model", "task", "tier", "calls", "$/month", "share"):
+        table.add_column(column, justify="right" if column in ("calls", "$/month", "share") else "left")
+    for t in summary["top_templates"]:
+        table.add_row(t["name"], t["source"], t["main_model"] or "-", t["task_type"] or "-", t["tier"] or "-",
+                      _n(t["calls"]), _money(t["spend_monthly_usd"]),
+                      "-" if t["share_of_spend"] is None else f"{t['share_of_spend']:.0%}")
+    err.print(table)
+    table = Table(title="Findings, ranked by dollars per month (after stacking)", title_justify="left",
+                  header_style="bold")
+    for column in ("kind", "template", "model", "spend affected", "saves (alone)", "saves (stacked)", "risk", "action"):
+        table.add_column(column, justify="right" if "sav" in column or "spend" in column else "left")
+    for f in summary["findings"]:
+        if f["status"] != "found":
+            continue
+        table.add_row(
+            f["kind"], f["template_name"] or "-", f["model"] or "-", _money(f["spend_affected_monthly_usd"]),
+            f"{_money(f['savings_low_monthly_usd'])}–{_money(f['savings_high_monthly_usd'])}",
+            f"{_money(f['stacked_savings_low_monthly_usd'])}–{_money(f['stacked_savings_high_monthly_usd'])}",
+            f["risk"] or "-", f["action"],
+        )
+    err.print(table)
+    for f in summary["findings"]:
+        if f["status"] == "not-run":
+            err.print(f"[yellow]not run[/] {f['kind']}: {f['not_run_reason']}")
+    low, high = stack["savings_low_monthly_usd"], stack["savings_high_monthly_usd"]
+    err.print(
+        f"[bold]Savings[/], stacked: {_money(low)}–{_money(high)} per month "
+        f"(no quality risk up to {_money(stack['no_risk_high_monthly_usd'])}, quality-gated up to "
+        f"{_money(stack['quality_gated_high_monthly_usd'])}); the bill becomes "
+        f"{_money(max(spend - high, 0))}–{_money(max(spend - low, 0))} per month."
+    )
