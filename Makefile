@@ -21,12 +21,16 @@ demo: install
 	rm -f $(DEMO_DB) $(DEMO_DB).wal
 	$(AUDIT) ingest sample_logs/ --db $(DEMO_DB) --sampled-fraction $$($(PY) -c 'from audit.synth import SAMPLE_LOGS_FRACTION as f; print(f)')
 	$(AUDIT) spend --db $(DEMO_DB)
+	$(AUDIT) analyze --db $(DEMO_DB)
 
 test: install
 	$(PY) -m pytest -q
 
+# Each benchmark prints a ratio against a reference measured in the same run.
 bench: install
-	$(PY) bench/ingest.py
+	$(PY) bench/ingest.py --keep
+	$(PY) bench/templates.py
+	$(PY) bench/analyze.py
 
 # Regenerate the committed sample export (deterministic: same bytes every time).
 sample-logs: install

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -82,6 +82,7 @@ class Settings:
     cache_ttl_hours: float = 24.0
     near_duplicate_threshold: float = 0.92
     context_keep_turns: int = 4
+    precompute_refresh_hours: float | None = None   # None: daily (low) and weekly (high)
 
 
 Detector = Callable[[duckdb.DuckDBPyConnection, Settings], list[Finding]]
@@ -104,35 +105,46 @@ def detectors() -> list[tuple[str, Detector]]:
     return found
 
 
-def stack(findings: list[Finding]) -> list[tuple[Finding, float, float]]:
-    """Savings after earlier steps: each finding's share of what is left of its template's spend.
+def stack(findings: list[Finding], group_spend: dict[tuple[str | None, str | None], float]
+          ) -> list[tuple[Finding, float, float]]:
+    """Savings after earlier steps: each finding's share of what is left of its spend.
 
-    Within a template, steps apply in ``STACK_STEPS`` order; a later step's
-    savings shrink by the fraction of the template's spend the earlier steps
-    already removed (savings / spend affected). Findings without a template
-    stack on their own.
+    Within a (template, model) group, steps apply in ``STACK_STEPS`` order; a
+    later step's savings shrink by the share of the group's monthly spend
+    (``group_spend``) the earlier steps already removed. Findings without a
+    template stack on their own.
     """
     order = sorted((f for f in findings if f.status == "found"),
                    key=lambda f: (STACK_STEPS.get(f.kind, (6, ""))[0], f.kind))
-    removed_share: dict[str | None, tuple[float, float]] = {}
+    left: dict[tuple[str | None, str | None], tuple[float, float]] = {}
     out = []
     for f in order:
-        low_left, high_left = removed_share.get(f.template_id, (1.0, 1.0))
+        group = (f.template_id, f.model)
+        low_left, high_left = left.get(group, (1.0, 1.0))
         stacked_low, stacked_high = f.savings_low_monthly_usd * low_left, f.savings_high_monthly_usd * high_left
         out.append((f, stacked_low, stacked_high))
-        if f.template_id is not None and f.spend_affected_monthly_usd > 0:
-            template_spend = f.evidence.get("template_spend_monthly_usd") or f.spend_affected_monthly_usd
-            low_left = max(0.0, low_left - stacked_low / template_spend)
-            high_left = max(0.0, high_left - stacked_high / template_spend)
-            removed_share[f.template_id] = (low_left, high_left)
+        spend = group_spend.get(group) or f.spend_affected_monthly_usd
+        if f.template_id is not None and spend > 0:
+            left[group] = (max(0.0, low_left - stacked_low / spend), max(0.0, high_left - stacked_high / spend))
     return out
+
+
+def group_spend(con: duckdb.DuckDBPyConnection) -> dict[tuple[str | None, str | None], float]:
+    """Monthly spend per (template, model): what stacking shares out."""
+    rows = con.execute(
+        f"""SELECT t.template_id, r.model, sum(c.cost_usd * {MONTHLY})
+            FROM requests r JOIN request_templates t USING (request_id) JOIN request_costs c USING (request_id),
+                 analysis_window w
+            WHERE {IN_WINDOW} GROUP BY ALL"""
+    ).fetchall()
+    return {(template, model): spend or 0.0 for template, model, spend in rows}
 
 
 def write_findings(con: duckdb.DuckDBPyConnection, findings: list[Finding]) -> None:
     """Replace the ``findings`` table's rows with these (stacked)."""
     con.execute("DELETE FROM findings")
     rows = []
-    stacked = {id(f): (low, high) for f, low, high in stack(findings)}
+    stacked = {id(f): (low, high) for f, low, high in stack(findings, group_spend(con))}
     for f in findings:
         step, risk = STACK_STEPS.get(f.kind, (6, "quality-gated"))
         low, high = stacked.get(id(f), (None, None))
@@ -145,4 +157,4 @@ def write_findings(con: duckdb.DuckDBPyConnection, findings: list[Finding]) -> N
 
 
 __all__ = ["Finding", "Settings", "MONTHLY", "IN_WINDOW", "STACK_STEPS", "not_run", "detectors", "stack",
-           "write_findings", "asdict"]
+           "group_spend", "write_findings"]
