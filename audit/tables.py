@@ -83,18 +83,22 @@ def render_analysis(summary: dict[str, Any], con: Any = None) -> None:
     err.print(table)
     table = Table(title="Findings, ranked by dollars per month (after stacking)", title_justify="left",
                   header_style="bold")
-    for column in ("kind", "template", "model", "spend affected", "saves (alone)", "saves (stacked)", "risk", "action"):
-        table.add_column(column, justify="right" if "sav" in column or "spend" in column else "left")
-    for f in summary["findings"]:
-        if f["status"] != "found":
-            continue
+    # Stacking runs twice: with every step at its low estimate, and at its high
+    # one; a later step saves less in the high case because earlier ones took more.
+    for column in ("kind", "template", "model", "spend affected", "saves alone", "stacked, low case",
+                   "stacked, high case", "risk"):
+        table.add_column(column, justify="right" if "sav" in column or "spend" in column or "case" in column else "left")
+    found = [f for f in summary["findings"] if f["status"] == "found"]
+    for f in found:
         table.add_row(
             f["kind"], f["template_name"] or "-", f["model"] or "-", _money(f["spend_affected_monthly_usd"]),
             f"{_money(f['savings_low_monthly_usd'])}–{_money(f['savings_high_monthly_usd'])}",
-            f"{_money(f['stacked_savings_low_monthly_usd'])}–{_money(f['stacked_savings_high_monthly_usd'])}",
-            f["risk"] or "-", f["action"],
+            _money(f["stacked_savings_low_monthly_usd"]), _money(f["stacked_savings_high_monthly_usd"]),
+            f["risk"] or "-",
         )
     err.print(table)
+    for f in found[:5]:
+        err.print(f"[bold]→[/] {f['kind']} on {f['template_name'] or '-'}: {f['action']}")
     for f in summary["findings"]:
         if f["status"] == "not-run":
             err.print(f"[yellow]not run[/] {f['kind']}: {f['not_run_reason']}")

@@ -602,7 +602,7 @@ def _finding(exact: dict, normalised: dict | None, ttl: float, hours: float) -> 
         requests_affected=round(affected_rows), requests_affected_monthly=round(affected_calls, 1),
         spend_affected_monthly_usd=round(affected_spend, 2),
         savings_low_monthly_usd=round(low, 2), savings_high_monthly_usd=round(high, 2),
-        action=(f"cache the responses of {template_id} on {model} for {ttl:g} h, keyed on the prompt"
+        action=(f"cache this template's responses on {model} for {ttl:g} h, keyed on the prompt"
                 + (" with the user's text normalised (case, punctuation, spacing)"
                    if normalised is not None and normalised["distinct_prompts"] < exact["distinct_prompts"]
                    and normalised["subset_fraction"] >= 1.0 else "")),

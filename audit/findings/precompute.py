@@ -265,7 +265,7 @@ def _finding(s: dict, agreement: float, pairs: int, refresh_low: float, refresh_
         requests_affected=int(s["calls"]), requests_affected_monthly=round(s["calls_monthly"], 1),
         spend_affected_monthly_usd=round(spend, 2),
         savings_low_monthly_usd=round(low, 2), savings_high_monthly_usd=round(high, 2),
-        action=(f"precompute {s['template_id']} once per entity (~{entities:,.0f} entities, "
+        action=(f"precompute the answer once per entity (~{entities:,.0f} entities, "
                 f"{calls_per_day / entities:,.0f} calls per entity per day) and regenerate on content change "
                 f"or every {refresh_low:g}-{refresh_high:g} h"),
         evidence=evidence,
