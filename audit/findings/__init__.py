@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,29 @@ class Settings:
     near_duplicate_threshold: float = 0.92
     context_keep_turns: int = 4
     precompute_refresh_hours: float | None = None   # None: daily (low) and weekly (high)
+
+
+def precondition_failure(con: duckdb.DuckDBPyConnection, *own_checks: tuple[str, str]) -> str | None:
+    """Why a detector cannot look at the ledger, or None when it can.
+
+    The shared checks (a dated window, mined templates), then the detector's
+    own ``(sql that must return a row, reason)`` pairs, then priced requests.
+    """
+    checks = [
+        ("SELECT 1 FROM analysis_window", "no analysis window: the ledger has no dated requests"),
+        ("SELECT 1 FROM request_templates", "no prompt templates were mined (no prompts in the ledger)"),
+        *own_checks,
+        ("SELECT 1 FROM request_costs WHERE cost_usd IS NOT NULL", "no request could be priced"),
+    ]
+    for sql, reason in checks:
+        if not con.execute(f"SELECT EXISTS ({sql})").fetchall()[0][0]:
+            return reason
+    return None
+
+
+def task_key(task_type: str | None) -> str:
+    """A task type as a plain key (``'Slot extraction'`` → ``slot_extraction``)."""
+    return re.sub(r"[^a-z]+", "_", (task_type or "").lower()).strip("_")
 
 
 Detector = Callable[[duckdb.DuckDBPyConnection, Settings], list[Finding]]
@@ -156,5 +180,5 @@ def write_findings(con: duckdb.DuckDBPyConnection, findings: list[Finding]) -> N
         con.executemany("INSERT INTO findings VALUES (" + ", ".join("?" * 17) + ")", rows)
 
 
-__all__ = ["Finding", "Settings", "MONTHLY", "IN_WINDOW", "STACK_STEPS", "not_run", "detectors", "stack",
+__all__ = ["Finding", "Settings", "precondition_failure", "task_key", "MONTHLY", "IN_WINDOW", "STACK_STEPS", "not_run", "detectors", "stack",
            "group_spend", "write_findings"]

@@ -37,7 +37,7 @@ from typing import Any
 
 import duckdb
 
-from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run
+from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run, precondition_failure, task_key
 
 try:  # the price catalog's own table, when the pricing stage ships one
     from audit.pricing import BATCH_DISCOUNTS as _CATALOG_BATCH_DISCOUNTS
@@ -74,22 +74,8 @@ def batch_discount(provider: str | None) -> float:
     return 0.0
 
 
-def _task(task_type: str | None) -> str:
-    return re.sub(r"[^a-z]+", "_", (task_type or "").lower()).strip("_")
-
-
 def not_run_reason(con: duckdb.DuckDBPyConnection) -> str | None:
-    def exists(sql: str) -> bool:
-        return bool(con.execute(f"SELECT EXISTS ({sql})").fetchone()[0])
-
-    if not exists("SELECT 1 FROM analysis_window"):
-        return "no analysis window: the ledger has no dated requests"
-    if not exists("SELECT 1 FROM request_templates"):
-        return "no prompt templates were mined (no prompts in the ledger)"
-    if not exists("SELECT 1 FROM request_costs WHERE cost_usd IS NOT NULL"):
-        return "no request could be priced"
-    return None
-
+    return precondition_failure(con)
 
 def _measure(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], float]:
     sql = f"""
@@ -141,7 +127,7 @@ def _measure(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], floa
 
 def _finding(g: dict[str, Any], ledger_user_share: float) -> Finding | None:
     discount = batch_discount(g["provider"])
-    task = _task(g["task_type"])
+    task = task_key(g["task_type"])
     if discount <= 0 or not g["spend"] or _INTERACTIVE_TASKS.search(task):
         return None
     reasons_strong, reasons_moderate = [], []

@@ -61,7 +61,7 @@ from typing import Any
 
 import duckdb
 
-from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run
+from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run, precondition_failure
 
 KIND = "context_bloat"
 SUMMARY_TOKENS = 300          # size of a running conversation summary
@@ -87,19 +87,9 @@ def _span_cost(start: str, end: str) -> str:
 
 def not_run_reason(con: duckdb.DuckDBPyConnection) -> str | None:
     """Why this detector cannot look at the ledger, or None when it can (cheap existence checks)."""
-    def exists(sql: str) -> bool:
-        return bool(con.execute(f"SELECT EXISTS ({sql})").fetchone()[0])
-
-    if not exists("SELECT 1 FROM analysis_window"):
-        return "no analysis window: the ledger has no dated requests"
-    if not exists("SELECT 1 FROM request_templates"):
-        return "no prompt templates were mined (no prompts in the ledger)"
-    if not exists("SELECT 1 FROM requests WHERE messages IS NOT NULL"):
-        return "messages were not logged (usage-only export): conversation histories cannot be measured"
-    if not exists("SELECT 1 FROM request_costs WHERE cost_usd IS NOT NULL"):
-        return "no request could be priced"
-    return None
-
+    return precondition_failure(con, (
+        "SELECT 1 FROM requests WHERE messages IS NOT NULL",
+        "messages were not logged (usage-only export): conversation histories cannot be measured"))
 
 def sample_predicate(con: duckdb.DuckDBPyConnection, max_rows: int) -> tuple[str, bool]:
     """SQL predicate on ``requests``: the analysis window, thinned to about ``max_rows`` rows

@@ -59,7 +59,7 @@ from typing import Any
 
 import duckdb
 
-from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run
+from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run, precondition_failure
 from audit.findings.context_bloat import MESSAGE_SHAPE, sample_predicate
 
 KIND = "prompt_caching_unused"
@@ -84,21 +84,12 @@ _TEMP = "prompt_caching"
 
 def not_run_reason(con: duckdb.DuckDBPyConnection) -> str | None:
     """Why this detector cannot look at the ledger, or None when it can."""
-    def exists(sql: str) -> bool:
-        return bool(con.execute(f"SELECT EXISTS ({sql})").fetchone()[0])
-
-    if not exists("SELECT 1 FROM analysis_window"):
-        return "no analysis window: the ledger has no dated requests"
-    if not exists("SELECT 1 FROM request_templates"):
-        return "no prompt templates were mined (no prompts in the ledger)"
-    if not exists("SELECT 1 FROM requests WHERE messages IS NOT NULL"):
-        return "messages were not logged (usage-only export): shared prompt prefixes cannot be measured"
-    if not exists("SELECT 1 FROM requests WHERE cached_input_tokens IS NOT NULL"):
-        return "no request logged its cached input tokens: cache use cannot be told apart"
-    if not exists("SELECT 1 FROM request_costs WHERE cost_usd IS NOT NULL"):
-        return "no request could be priced"
-    return None
-
+    return precondition_failure(
+        con,
+        ("SELECT 1 FROM requests WHERE messages IS NOT NULL",
+         "messages were not logged (usage-only export): shared prompt prefixes cannot be measured"),
+        ("SELECT 1 FROM requests WHERE cached_input_tokens IS NOT NULL",
+         "no request logged its cached input tokens: cache use cannot be told apart"))
 
 def _base_sql() -> str:
     """Successful, priced, templated requests of the window with their per-token paid prices."""

@@ -39,7 +39,7 @@ from typing import Any
 
 import duckdb
 
-from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run
+from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run, precondition_failure, task_key
 
 KIND = "output_verbosity"
 MIN_ROWS = 20
@@ -53,30 +53,16 @@ _SHORT_TASKS = re.compile(r"faq|classif|extract|label|tagging")
 _LABEL_TASKS = re.compile(r"classif|label|tagging")
 
 
-def _task(task_type: str | None) -> str:
-    return re.sub(r"[^a-z]+", "_", (task_type or "").lower()).strip("_")
-
-
 def not_run_reason(con: duckdb.DuckDBPyConnection) -> str | None:
-    def exists(sql: str) -> bool:
-        return bool(con.execute(f"SELECT EXISTS ({sql})").fetchone()[0])
-
-    if not exists("SELECT 1 FROM analysis_window"):
-        return "no analysis window: the ledger has no dated requests"
-    if not exists("SELECT 1 FROM request_templates"):
-        return "no prompt templates were mined (no prompts in the ledger)"
-    if not exists("SELECT 1 FROM requests WHERE output_tokens IS NOT NULL"):
-        return "no output token counts were logged or counted (responses not logged)"
-    if not exists("SELECT 1 FROM request_costs WHERE cost_usd IS NOT NULL"):
-        return "no request could be priced"
-    return None
-
+    return precondition_failure(con, (
+        "SELECT 1 FROM requests WHERE output_tokens IS NOT NULL",
+        "no output token counts were logged or counted (responses not logged)"))
 
 def _measure(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     # Factor per template from its task type, decided in Python over the few templates.
     tasks = con.execute("SELECT template_id, task_type FROM templates").fetchall()
-    factors = [(t, SHORT_TASK_FACTOR if _SHORT_TASKS.search(_task(k)) else LONG_TASK_FACTOR,
-                bool(_LABEL_TASKS.search(_task(k))), k) for t, k in tasks]
+    factors = [(t, SHORT_TASK_FACTOR if _SHORT_TASKS.search(task_key(k)) else LONG_TASK_FACTOR,
+                bool(_LABEL_TASKS.search(task_key(k))), k) for t, k in tasks]
     con.execute("CREATE OR REPLACE TEMP TABLE verbosity_factors (template_id VARCHAR, factor DOUBLE, "
                 "label_task BOOLEAN, task_type VARCHAR)")
     if factors:
