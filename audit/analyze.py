@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 
 from audit.errors import AuditError
-from audit.findings import IN_WINDOW, MONTHLY, Settings, detectors, write_findings
+from audit.findings import IN_WINDOW, MONTHLY, Settings, detectors, not_run, write_findings
 
 WINDOW_DAYS = 30
 
@@ -80,8 +80,13 @@ def analyze(
     roll_up_templates(con)
     task_summary = tasks.classify_templates(con)
     findings = []
-    for _name, detect in detectors():
-        findings.extend(detect(con, settings))
+    for name, detect in detectors():
+        # One detector's failure must not hide the others' findings: it is
+        # reported as not run, with the error, and the run goes on.
+        try:
+            findings.extend(detect(con, settings))
+        except (duckdb.Error, ValueError, ZeroDivisionError, KeyError, TypeError) as exc:
+            findings.append(not_run(name, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
     write_findings(con, findings)
     con.execute("UPDATE analysis_runs SET finished_at = now()::TIMESTAMP WHERE run_id = ?", [run_id])
     return {

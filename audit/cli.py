@@ -7,6 +7,7 @@ and the process exits non-zero without a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,7 +23,8 @@ app = typer.Typer(
         "Audit what your company spends on LLM APIs, from your own request logs.\n\n"
         "Typical run: `audit ingest LOGS...` then `audit spend`. Every command takes `--db PATH`.\n\n"
         "Exit codes: 0 success; 1 a problem with input, options or the database (one line on stderr "
-        "says what to do); 2 wrong usage; 130 interrupted."
+        "says what to do); 2 wrong usage; 3 an internal error (AUDIT_DEBUG=1 shows the traceback); "
+        "130 interrupted."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -221,4 +223,9 @@ def main() -> None:
             sys.exit(error.exit_code)
         if isinstance(error, click.exceptions.Abort):
             sys.exit(130)
-        raise
+        if os.environ.get("AUDIT_DEBUG"):
+            raise
+        # A bug of ours: still one line, and a way to see the details.
+        sys.stderr.write(f"error: internal error {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+                         "(rerun with AUDIT_DEBUG=1 for the traceback and report it)\n")
+        sys.exit(3)

@@ -8,6 +8,7 @@ Exit codes (documented in the README):
     0  success
     1  an input, configuration or database problem (``AuditError``)
     2  wrong command-line usage (typer/click's own code)
+    3  an internal error (a bug): one line; AUDIT_DEBUG=1 shows the traceback
     130 interrupted (Ctrl-C)
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from audit.console import err
@@ -73,6 +74,20 @@ def render_analysis(summary: dict[str, Any], con: Any = None) -> None:
         + (f" · [yellow]{totals['unpriced_requests']:,} calls not priced[/] (unknown models: see --json pricing)"
            if totals["unpriced_requests"] else "")
     )
+    pricing, reconciliation = summary.get("pricing") or {}, summary.get("reconciliation") or {}
+    for model in pricing.get("unpriced_models") or []:
+        err.print(f"[yellow]unpriced[/] {escape(str(model['model']))}: {model['requests']:,} calls, "
+                  f"{model['share_of_tokens']:.1%} of tokens; {escape(model['reason'])}")
+    logged = reconciliation.get("logged_cost") or {}
+    if logged.get("requests"):
+        err.print(f"logged cost vs recomputed on {logged['requests']:,} calls that logged one: "
+                  f"{_money(logged['logged_cost_usd'])} vs {_money(logged['recomputed_cost_usd'])} "
+                  f"(residual {_money(logged['residual_usd'])})")
+    invoice = reconciliation.get("invoice")
+    if invoice:
+        err.print(f"the ledger explains {invoice['explained_share']:.0%} of the "
+                  f"{_money(invoice['invoice_total_monthly_usd'])} monthly invoice "
+                  f"({_money(invoice['unexplained_monthly_usd'])} unexplained)")
     table = Table(title="Where the money goes: top templates", title_justify="left", header_style="bold")
     for column in ("template", "source", "model", "task", "tier", "calls", "$/month", "share"):
         table.add_column(column, justify="right" if column in ("calls", "$/month", "share") else "left")

@@ -150,7 +150,8 @@ def _shared_prefix_chars(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str,
 def _measure(con: duckdb.DuckDBPyConnection, prefixes: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP}_prefixes (template_id VARCHAR, model VARCHAR, "
                 "prefix_chars BIGINT)")
-    con.executemany(f"INSERT INTO {_TEMP}_prefixes VALUES (?, ?, ?)", prefixes)
+    if prefixes:  # no template shares a system prompt: nothing to insert (executemany refuses [])
+        con.executemany(f"INSERT INTO {_TEMP}_prefixes VALUES (?, ?, ?)", prefixes)
     ratio_fallback = " ".join(f"WHEN '{p}' THEN {r}" for p, r in CACHED_PRICE_RATIO.items())
     automatic = ", ".join(f"'{p}'" for p in sorted(AUTOMATIC_CACHING))
     cold = "cached = 0 AND written = 0"
