@@ -40,10 +40,14 @@ def main() -> None:
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     size_gb = log.stat().st_size / 1e9
 
-    # Reference: DuckDB's own JSON scan of the same file.
-    started = time.perf_counter()
-    rows = duckdb.connect().execute(f"SELECT count(*) FROM read_json('{log}')").fetchall()[0][0]
-    reference = time.perf_counter() - started
+    # Reference: DuckDB's own JSON scan of the same file. The first scan may
+    # read the file from disk; the best of three is the warm-cache figure.
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        rows = duckdb.connect().execute(f"SELECT count(*) FROM read_json('{log}')").fetchall()[0][0]
+        timings.append(time.perf_counter() - started)
+    reference = min(timings)
 
     db_path = DATA / "bench.duckdb"
     for stale in (db_path, db_path.with_suffix(".duckdb.wal")):
@@ -62,7 +66,7 @@ def main() -> None:
 
     stored = json.loads(child.stdout)["totals"]["stored"]
     print(f"file: {rows:,} requests, {size_gb:.2f} GB")
-    print(f"duckdb read_json count(*): {reference:6.2f} s")
+    print(f"duckdb read_json count(*): {reference:6.2f} s  (best of {', '.join(f'{t:.2f}' for t in timings)})")
     print(f"audit ingest:              {ours:6.2f} s  ({stored:,} stored, {stored / ours:,.0f} requests/s)")
     print(f"ratio ingest / read_json:  {ours / reference:6.2f}  (target <= 2.5)")
     print(f"peak RSS of ingest:        {peak_rss_gb:6.2f} GB (target < 4)")
