@@ -321,10 +321,10 @@ def _store_rejects(ctx: _Context, rejected: list[tuple[int, str]], renumber_tabl
     reader_rejects = _csv_level_rejects(ctx)
     rows = [(line, reason, raw.get(line)) for line, reason in rejected]
     if reader_rejects:
-        kept_lines = [line for line, _, _ in reader_rejects]
-        _renumber(con, renumber_table, renumber_column, renumber_where, kept_lines)
+        reader_rejected_lines = [line for line, _, _ in reader_rejects]
+        _renumber(con, renumber_table, renumber_column, renumber_where, reader_rejected_lines)
         # the same mapping for the rejected rows we are about to write
-        gaps = [line - i for i, line in enumerate(kept_lines, start=1)]
+        gaps = [line - i for i, line in enumerate(reader_rejected_lines, start=1)]
         rows = [(line + sum(g < line for g in gaps), reason, text) for line, reason, text in rows]
         rows += reader_rejects
     if rows:
