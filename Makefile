@@ -22,6 +22,7 @@ demo: install
 	$(AUDIT) ingest sample_logs/ --db $(DEMO_DB) --sampled-fraction $$($(PY) -c 'from audit.synth import SAMPLE_LOGS_FRACTION as f; print(f)')
 	$(AUDIT) spend --db $(DEMO_DB)
 	$(AUDIT) analyze --db $(DEMO_DB)
+	$(AUDIT) sample --db $(DEMO_DB)
 
 test: install
 	$(PY) -m pytest -q

@@ -149,6 +149,35 @@ def analyze(
 
 
 @app.command()
+def sample(
+    *,
+    db: DbOption = Path(audit_db.DEFAULT_DB),
+    n: Annotated[int, typer.Option("--n", help="How many requests to sample; the per-template minimum can add a few.")] = 500,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same sample.")] = 7,
+    min_per_template: Annotated[int, typer.Option("--min-per-template", help="Take at least this many from every template with replayable requests (all of them when it has fewer).")] = 5,
+    json: JsonOption = False,
+) -> None:
+    """Draw a seeded sample of replayable requests, stratified by template and allocated by spend.
+
+    Writes `samples`, `sample_exclusions` and `sample_sets`; drawing the same `--n` and `--seed` again
+    replaces that sample set. Requests that cannot be replayed faithfully (failed calls, tool calls,
+    images or audio, no prompt or no reply) are excluded and counted by reason. Run `audit analyze` first.
+    """
+    from audit import console
+    from audit.sample import draw_sample
+
+    con = audit_db.connect(db)
+    with console.progress_bar("sampling", None, show_count=False):
+        plan = draw_sample(con, n=n, seed=seed, min_per_template=min_per_template)
+    if json:
+        console.print_json(plan)
+        return
+    from audit.tables import render_sample_plan
+
+    render_sample_plan(plan)
+
+
+@app.command()
 def rejects(*, db: DbOption = Path(audit_db.DEFAULT_DB), json: JsonOption = False,
             limit: Annotated[int, typer.Option(help="How many to list.")] = 50) -> None:
     """List records that could not be stored: file, line, reason."""

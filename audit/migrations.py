@@ -187,6 +187,52 @@ def _m003_analyze(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration(4, "samples")
+def _m004_samples(con: duckdb.DuckDBPyConnection) -> None:
+    # Written by ``audit.sample`` (its docstring explains the method). A
+    # sample set is keyed by its parameters ('n500-s7'); drawing the same set
+    # again replaces its rows in all three tables.
+    con.execute(
+        """
+        -- One row per sample set: the parameters and the totals of the draw.
+        CREATE TABLE sample_sets (
+            sample_set_id       VARCHAR NOT NULL,   -- 'n{n}-s{seed}' ('-m{min}' when the minimum is not 5)
+            n_requested         BIGINT NOT NULL,
+            seed                BIGINT NOT NULL,
+            min_per_template    BIGINT NOT NULL,
+            method              VARCHAR NOT NULL,   -- how strata were allocated and drawn
+            template_requests   BIGINT NOT NULL,    -- ledger rows = eligible + excluded
+            eligible_requests   BIGINT NOT NULL,    -- the population sampled from
+            excluded_requests   BIGINT NOT NULL,
+            sampled_requests    BIGINT NOT NULL,
+            sampled_everything  BOOLEAN NOT NULL,   -- n reached the whole eligible population
+            drawn_at            TIMESTAMP NOT NULL
+        );
+        -- The sampled requests. Stratum = template; inside it, equal probability.
+        CREATE TABLE samples (
+            sample_set_id          VARCHAR NOT NULL,
+            request_id             VARCHAR NOT NULL,
+            template_id            VARCHAR NOT NULL,
+            stratum                VARCHAR NOT NULL,   -- the stratum drawn from (today: the template id)
+            draw_rank              BIGINT NOT NULL,    -- 1.. in the stratum's seeded order: a prefix is itself an equal-probability sample
+            inclusion_probability  DOUBLE NOT NULL,    -- sampled / eligible in the stratum
+            weight                 DOUBLE NOT NULL,    -- 1 / inclusion_probability, in ledger rows: sums to the stratum's eligible rows
+            traffic_weight         DOUBLE NOT NULL,    -- weight / requests.sampled_fraction: real calls this row stands for
+            drawn_at               TIMESTAMP NOT NULL
+        );
+        -- Requests left out of the population because they cannot be replayed
+        -- faithfully, counted per template and reason (one reason per request).
+        CREATE TABLE sample_exclusions (
+            sample_set_id  VARCHAR NOT NULL,
+            template_id    VARCHAR,                 -- NULL: the request has no template (reason 'no_template')
+            reason         VARCHAR NOT NULL,        -- failed_call | no_prompt | tool_use | image_or_audio | other_content | no_response | no_template
+            requests       BIGINT NOT NULL,         -- ledger rows
+            spend_usd      DOUBLE NOT NULL          -- their list-price spend, scaled by 1 / sampled_fraction
+        );
+        """
+    )
+
+
 def apply(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply every migration the database lacks; return the numbers applied."""
     con.execute(

@@ -124,3 +124,64 @@ def render_analysis(summary: dict[str, Any], con: Any = None) -> None:
         f"{_money(stack['quality_gated_high_monthly_usd'])}); the bill becomes "
         f"{_money(max(spend - high, 0))}–{_money(max(spend - low, 0))} per month."
     )
+
+def _whole_money(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:,.0f}" if abs(value) >= 100 else f"${value:,.2f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _excluded(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count:,} {reason}" for reason, count in counts.items()) or "-"
+
+
+def render_sample_plan(plan: dict[str, Any]) -> None:
+    """Per template: ledger rows, excluded (by reason), eligible population, sampled, spend covered."""
+    totals = plan["totals"]
+    err.print(
+        f"[bold]Sample set {escape(plan['sample_set_id'])}[/]: {totals['sampled']:,} of {totals['population']:,} "
+        f"replayable requests (n = {plan['n_requested']:,}, seed {plan['seed']}, at least "
+        f"{plan['min_per_template']} per template); {totals['excluded']:,} of {totals['requests']:,} excluded"
+    )
+    table = Table(title="Sample plan by template (spend: list price, full traffic, whole ledger)",
+                  title_justify="left", header_style="bold", show_footer=True)
+    columns = [
+        ("template", "total", "left"),
+        ("requests", f"{totals['requests']:,}", "right"),
+        ("excluded", _excluded(totals["excluded_by_reason"]), "left"),
+        ("population", f"{totals['population']:,}", "right"),
+        ("sampled", f"{totals['sampled']:,}", "right"),
+        ("weight", "", "right"),
+        ("spend", _whole_money(totals["spend_usd"]), "right"),
+        ("sampled rows", _whole_money(totals["sampled_spend_usd"]), "right"),
+        ("share", _share(totals["sampled_spend_share"]), "right"),
+        ("weighted", _whole_money(totals["weighted_spend_usd"]), "right"),
+        ("± s.e.", _whole_money(totals["weighted_spend_se_usd"]), "right"),
+        ("covered", _share(totals["spend_covered_share"]), "right"),
+    ]
+    for header, footer, justify in columns:
+        table.add_column(header, footer=footer, justify=justify,  # type: ignore[arg-type]
+                         no_wrap=header != "excluded", max_width=32 if header == "template" else None,
+                         min_width=16 if header == "excluded" else None, overflow="ellipsis")
+    for t in plan["templates"]:
+        weight = f"{1 / t['inclusion_probability']:,.1f}" if t["inclusion_probability"] else "-"
+        table.add_row(
+            escape(t["name"]), f"{t['requests']:,}", _excluded(t["excluded_by_reason"]), f"{t['population']:,}",
+            f"{t['sampled']:,}", weight, _whole_money(t["spend_usd"]), _whole_money(t["sampled_spend_usd"]),
+            _share(t["sampled_spend_share"]), _whole_money(t["weighted_spend_usd"]), _whole_money(t["weighted_spend_se_usd"]),
+            _share(t["spend_covered_share"]),
+        )
+    err.print(table)
+    if plan["excluded_without_template"]:
+        err.print(f"[yellow]no template[/]: {_excluded(plan['excluded_without_template'])}")
+    for reason in totals["excluded_by_reason"]:
+        err.print(f"[dim]{reason}: {escape(plan['exclusion_reasons'][reason])}[/]")
+    for note in plan["notes"]:
+        err.print(f"[yellow]note[/] {escape(note)}")
+    err.print("[dim]weight: ledger rows each sampled request stands for; sampled rows: their own spend and its "
+              "share of the template's; weighted: Σ cost × weight / sampled fraction, the sample's estimate of the "
+              "spend (± one standard error); covered: weighted / spend, 100% in expectation less what is excluded[/]")
