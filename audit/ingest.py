@@ -411,7 +411,7 @@ def _ingest_requests(ctx: _Context, fmt_name: str, sampled_fraction: float, coun
                    TRY_CAST(TRY_CAST(status_code AS DOUBLE) AS INTEGER) AS status_code, error_message,
                    coalesce(is_batch, false) AS is_batch, service_tier,
                    TRY_CAST(temperature AS DOUBLE) AS temperature, audit_int(max_tokens) AS max_tokens,
-                   {float(sampled_fraction)} AS sampled_fraction, metadata,
+                   {float(sampled_fraction)} AS sampled_fraction, metadata, tools,
                    why AS ingest_reject_reason
             FROM (
                 SELECT *, {_check_sql()} AS why,
@@ -472,6 +472,7 @@ def _ingest_batch_inputs(ctx: _Context, fmt_name: str) -> FileResult:
     # Outputs ingested before their input get their prompt now.
     con.execute(
         """UPDATE requests SET messages = json_extract(b.body, '$.messages'),
+               tools = CASE WHEN json_array_length(b.body, '$.tools') > 0 THEN json_extract(b.body, '$.tools') END,
                temperature = TRY_CAST(b.body ->> 'temperature' AS DOUBLE),
                max_tokens = audit_int(coalesce(b.body ->> 'max_completion_tokens', b.body ->> 'max_tokens'))
         FROM (SELECT custom_id, any_value(body) AS body FROM _binputs WHERE reject_reason IS NULL GROUP BY custom_id) b

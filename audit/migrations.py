@@ -233,6 +233,14 @@ def _m004_samples(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration(5, "tools offered to the model")
+def _m005_tools(con: duckdb.DuckDBPyConnection) -> None:
+    # The request's tool (function) definitions, as logged. A call that
+    # offered tools cannot be replayed faithfully even when it was answered
+    # in plain text: the sample excludes it.
+    con.execute("ALTER TABLE requests ADD COLUMN tools JSON")
+
+
 def apply(con: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply every migration the database lacks; return the numbers applied."""
     con.execute(

@@ -18,7 +18,8 @@ first that applies, in this order (``EXCLUSION_REASONS``):
 ``no_template``     not in ``request_templates``: ingested after the last ``audit analyze``;
 ``failed_call``     ``status = 'error'``: nothing to compare a replay to;
 ``no_prompt``       ``messages`` NULL or empty (usage-only exports);
-``tool_use``        a message with role ``tool``/``function``, a ``tool_calls``,
+``tool_use``        the request offered tools (``requests.tools``), or a message
+                    with role ``tool``/``function``, a ``tool_calls``,
                     ``function_call`` or ``tool_call_id`` key, or a content part
                     of a tool type (``tool_use``, ``tool_result``, ``function_call``...):
                     the replay cannot run the tools;
@@ -35,10 +36,6 @@ this stage, so the JSON is parsed only for conversations whose text contains
 quotes: every tool/content-part/audio marker above contains one); the others
 are plain ``{role, content: string}`` lists and skip the parse. The
 assumption: exports write JSON keys as plain ASCII (never ``\\u``-escaped).
-
-Known gap: the ledger does not keep a request's ``tools`` parameter, so a
-call that *offered* tools but was answered in plain text (no tool message in
-its history) stays eligible; its replay will not see the tools either.
 
 How the sample is drawn
 -----------------------
@@ -207,7 +204,7 @@ def _pool_sql(seed: int) -> str:
     return f"""
     CREATE OR REPLACE TEMP TABLE _sample_pool AS
     WITH scanned AS (
-        SELECT request_id, sampled_fraction, messages, status <> 'ok' AS failed,
+        SELECT request_id, sampled_fraction, messages, status <> 'ok' AS failed, tools IS NOT NULL AS offers_tools,
                -- CASE, not AND: under an AND, DuckDB ran json_array_length on every row (4× slower).
                CASE WHEN messages IS NULL THEN true
                     WHEN strlen({text}) < 16 THEN json_array_length(messages) = 0 ELSE false END AS no_prompt,
@@ -218,7 +215,7 @@ def _pool_sql(seed: int) -> str:
                                          OR contains({text}, '"type"') OR contains({text}, '"audio"')) AS needs_parse
         FROM requests),
     content AS (
-        SELECT request_id, sampled_fraction, failed, no_prompt, no_response,
+        SELECT request_id, sampled_fraction, failed, offers_tools, no_prompt, no_response,
                CASE WHEN needs_parse THEN json_extract_string(messages, '$[*].role') END AS roles,
                CASE WHEN needs_parse THEN flatten(json_keys(messages, '$[*]')) END AS message_keys,
                CASE WHEN needs_parse THEN json_extract_string(messages, '$[*].content[*].type') END AS part_types
@@ -230,7 +227,7 @@ def _pool_sql(seed: int) -> str:
                    WHEN t.template_id IS NULL THEN 'no_template'
                    WHEN failed THEN 'failed_call'
                    WHEN no_prompt THEN 'no_prompt'
-                   WHEN list_has_any(roles, {_sql_list(_TOOL_ROLES)})
+                   WHEN offers_tools OR list_has_any(roles, {_sql_list(_TOOL_ROLES)})
                         OR list_has_any(message_keys, {_sql_list(_TOOL_KEYS)})
                         OR list_has_any(part_types, {_sql_list(_TOOL_PARTS)}) THEN 'tool_use'
                    WHEN list_has_any(part_types, {_sql_list(_MEDIA_PARTS)})

@@ -55,3 +55,24 @@ def test_sampled_fraction_is_recorded(con):
     ingest(con, [FIXTURES / "openai_chat_pairs.jsonl"], sampled_fraction=0.01)
     assert rows(con, "SELECT DISTINCT sampled_fraction AS f FROM requests") == [{"f": 0.01}]
     assert rows(con, "SELECT sampled_fraction AS f FROM ingest_files") == [{"f": 0.01}]
+
+
+def test_offered_tools_are_kept_and_make_a_call_unreplayable(con, tmp_path):
+    """A call that offered tools, answered in plain text: stored with its tools, excluded from samples."""
+    from audit.analyze import analyze
+    from audit.sample import draw_sample
+
+    plain = json.loads((FIXTURES / "openai_chat_pairs.jsonl").read_text().splitlines()[0])
+    with_tools = json.loads(json.dumps(plain))
+    with_tools["id"] = "log_tools"
+    with_tools["response"]["id"] = "chatcmpl-T"
+    with_tools["request"]["tools"] = [{"type": "function", "function": {"name": "lookup_order", "parameters": {}}}]
+    log = tmp_path / "tools.jsonl"
+    log.write_text(json.dumps(plain) + "\n" + json.dumps(with_tools) + "\n")
+    ingest(con, [log])
+    got = {r["native_id"]: r for r in rows(con, "SELECT native_id, tools FROM requests")}
+    assert got["log_1"]["tools"] is None
+    assert json.loads(got["log_tools"]["tools"])[0]["function"]["name"] == "lookup_order"
+    analyze(con)
+    draw_sample(con, n=10, seed=1)
+    assert rows(con, "SELECT reason, requests FROM sample_exclusions") == [{"reason": "tool_use", "requests": 1}]

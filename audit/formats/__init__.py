@@ -55,6 +55,7 @@ STAGE_COLUMNS: list[tuple[str, str]] = [
     ("temperature", "VARCHAR"),
     ("max_tokens", "VARCHAR"),
     ("metadata", "JSON"),             # object of whatever else the source had
+    ("tools", "JSON"),                # tool/function definitions the request offered, if any
 ]
 STAGE_NAMES = [name for name, _ in STAGE_COLUMNS]
 

@@ -58,7 +58,7 @@ from audit.formats.openai_chat import GATEWAY_ROW_KEYS, envelope_bodies, envelop
 
 _REQUEST = (
     '{"model": "VARCHAR", "system": "JSON", "messages": "JSON", "max_tokens": "VARCHAR", '
-    '"temperature": "VARCHAR", "metadata": "JSON", "stream": "VARCHAR", "service_tier": "VARCHAR"}'
+    '"temperature": "VARCHAR", "metadata": "JSON", "stream": "VARCHAR", "service_tier": "VARCHAR", "tools": "JSON"}'
 )
 _USAGE = (
     '{"input_tokens": "VARCHAR", "output_tokens": "VARCHAR", "cache_creation_input_tokens": "VARCHAR", '
@@ -186,6 +186,7 @@ class AnthropicPairs(Format):
                 "is_batch": "coalesce(resp.usage.service_tier = 'batch', false)",
                 "service_tier": "coalesce(resp.usage.service_tier, req.service_tier)",
                 "temperature": "req.temperature",
+                "tools": "CASE WHEN json_array_length(req.tools) > 0 THEN req.tools END",
                 "max_tokens": "req.max_tokens",
                 "metadata": f"json_merge_patch(coalesce(j.metadata, '{{}}'), json_merge_patch('{{}}', {message_leftovers_sql('resp')}))",
             },

@@ -112,6 +112,7 @@ def chat_request_exprs(req: str) -> dict[str, str]:
         "messages": f"CASE WHEN json_type({req}.messages) = 'ARRAY' THEN {req}.messages END",
         "temperature": f"{req}.temperature",
         "max_tokens": f"coalesce({req}.max_completion_tokens, {req}.max_tokens)",
+        "tools": f"CASE WHEN json_type({req}.tools) = 'ARRAY' AND json_array_length({req}.tools) > 0 THEN {req}.tools END",
     }
 
 

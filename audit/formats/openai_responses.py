@@ -57,7 +57,7 @@ _REQUEST = (
     '{"model": "VARCHAR", "input": "JSON", "instructions": "JSON", '
     f'"prompt": {_PROMPT}, "temperature": "VARCHAR", "max_output_tokens": "VARCHAR", '
     '"user": "VARCHAR", "safety_identifier": "VARCHAR", "service_tier": "VARCHAR", '
-    '"metadata": "JSON", "previous_response_id": "VARCHAR", "conversation": "JSON"}'
+    '"metadata": "JSON", "previous_response_id": "VARCHAR", "conversation": "JSON", "tools": "JSON"}'
 )
 _USAGE = (
     '{"input_tokens": "VARCHAR", "input_tokens_details": {"cached_tokens": "VARCHAR", "cache_write_tokens": "VARCHAR"}, '
@@ -215,6 +215,7 @@ class ResponsesPairs(Format):
                 "is_batch": "false",
                 "service_tier": "coalesce(resp.service_tier, req.service_tier)",
                 "temperature": "coalesce(req.temperature, resp.temperature)",
+                "tools": "CASE WHEN json_array_length(req.tools) > 0 THEN req.tools END",
                 "max_tokens": "coalesce(req.max_output_tokens, resp.max_output_tokens)",
                 "metadata": f"json_merge_patch(coalesce({envelope_metadata}, '{{}}'), json_merge_patch('{{}}', {leftovers}))",
             },
