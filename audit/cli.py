@@ -145,7 +145,7 @@ def analyze(
         return
     from audit.tables import render_analysis
 
-    render_analysis(summary, con)
+    render_analysis(summary)
 
 
 @app.command()

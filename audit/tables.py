@@ -64,7 +64,7 @@ def render_spend(summary: dict[str, Any], *, days: int) -> None:
         err.print(table)
 
 
-def render_analysis(summary: dict[str, Any], con: Any = None) -> None:
+def render_analysis(summary: dict[str, Any]) -> None:
     totals, stack = summary["totals"], summary["savings_stack"]
     window = summary["window"]
     spend = totals["spend_monthly_usd"] or 0.0
