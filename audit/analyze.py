@@ -18,8 +18,16 @@ from typing import Any
 
 import duckdb
 
+from audit.db import fetch_dicts
 from audit.errors import AuditError
-from audit.findings import IN_WINDOW, MONTHLY, Settings, detectors, not_run, write_findings
+from audit.findings import (
+    IN_WINDOW,
+    MONTHLY,
+    Settings,
+    detectors,
+    not_run,
+    write_findings,
+)
 
 WINDOW_DAYS = 30
 
@@ -99,15 +107,9 @@ def analyze(
     }
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cursor = con.execute(sql)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def summary_from_tables(con: duckdb.DuckDBPyConnection, *, top: int = 15) -> dict[str, Any]:
     """What analyze found, read back from its tables (the CLI and the report show this)."""
-    totals = _rows(
+    totals = fetch_dicts(
         con,
         f"""SELECT sum(c.cost_usd * {MONTHLY}) FILTER (WHERE {IN_WINDOW}) AS spend_monthly_usd,
                    sum(c.cost_usd / r.sampled_fraction) AS spend_ledger_usd,
@@ -115,14 +117,14 @@ def summary_from_tables(con: duckdb.DuckDBPyConnection, *, top: int = 15) -> dic
                    count(*) AS requests
             FROM requests r JOIN request_costs c USING (request_id), analysis_window w""",
     )[0]
-    templates = _rows(
+    templates = fetch_dicts(
         con,
         f"""SELECT template_id, name, source, calls, calls_scaled, main_model, task_type, tier,
                    task_confidence, spend_monthly_usd,
                    spend_monthly_usd / nullif(sum(spend_monthly_usd) OVER (), 0) AS share_of_spend
             FROM templates ORDER BY spend_monthly_usd DESC NULLS LAST, template_id LIMIT {int(top)}""",
     )
-    findings = _rows(
+    findings = fetch_dicts(
         con,
         """SELECT f.*, t.name AS template_name FROM findings f LEFT JOIN templates t USING (template_id)
            ORDER BY f.status, f.stacked_savings_high_monthly_usd DESC NULLS LAST, f.kind, f.template_id""",

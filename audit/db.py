@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -111,3 +112,20 @@ def connect(path: str | Path = DEFAULT_DB, *, read_only: bool = False) -> duckdb
     con.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
     con.execute(_MACROS)
     return con
+
+
+def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
+    """Run a query and return its rows as dicts keyed by column name."""
+    cursor = con.execute(sql, params or [])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal (for the few places a value is spliced into SQL, such as table-function arguments)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """A quoted SQL identifier (column names from user files)."""
+    return '"' + name.replace('"', '""') + '"'

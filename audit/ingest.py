@@ -39,9 +39,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from audit.db import sql_string
 from audit.errors import InputError
 from audit.formats import Format, IngestOptions, Sample, by_name, registry
-from audit.formats.lines import sql_string
 from audit.tokens import TokenCounter
 
 RAW_CAP = 4000           # characters of a rejected record's text kept in ingest_rejects

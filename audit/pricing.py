@@ -61,6 +61,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from audit.db import fetch_dicts
 from audit.errors import ConfigError
 
 DEFAULT_PRICE_FILE = "audit.toml"
@@ -648,12 +649,6 @@ def price_requests(con: duckdb.DuckDBPyConnection, book: PriceBook) -> dict[str,
     return pricing_summary(con)
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
-    cursor = con.execute(sql, params or [])
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def _has_window(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("SELECT count(*) FROM analysis_window").fetchall()[0][0] > 0
 
@@ -665,7 +660,7 @@ def pricing_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """
     from audit.findings import IN_WINDOW, MONTHLY
 
-    groups = _rows(con, f"""
+    groups = fetch_dicts(con, f"""
         SELECT r.provider, r.model, c.priced, c.unpriced_reason AS reason, c.price_source AS source,
                r.status = 'error' AND r.input_tokens IS NULL AND r.output_tokens IS NULL AS failed_unbilled,
                r.is_batch AND c.batch_discount = 0 AND coalesce(c.price_source, '') NOT LIKE 'self-hosted%'
@@ -728,7 +723,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, invoice_total_monthly: float | Non
     """
     from audit.findings import IN_WINDOW, MONTHLY
 
-    groups = _rows(con, f"""
+    groups = fetch_dicts(con, f"""
         SELECT r.source_format, r.provider, r.model, c.priced,
                count(r.logged_cost_usd) AS requests,
                sum(r.logged_cost_usd) AS logged_cost_usd,

@@ -90,6 +90,7 @@ from typing import Any
 
 import duckdb
 
+from audit.db import fetch_dicts, sql_string
 from audit.errors import AuditError, ConfigError
 
 DEFAULT_N = 500
@@ -120,7 +121,7 @@ _TOOL_KEYS = ["tool_calls", "function_call", "tool_call_id"]
 
 
 def _sql_list(values: list[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
+    return "[" + ", ".join(sql_string(v) for v in values) + "]"
 
 
 def sample_set_id(n: int, seed: int, min_per_template: int = DEFAULT_MIN_PER_TEMPLATE) -> str:
@@ -316,12 +317,6 @@ def _write(con: duckdb.DuckDBPyConnection, set_id: str, *, n: int, seed: int, mi
 # --------------------------------------------------------------------------- the plan
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cursor = con.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def sample_plan(con: duckdb.DuckDBPyConnection, set_id: str) -> dict[str, Any]:
     """The plan of a drawn sample set, read back from the tables (the CLI prints it, the report shows it).
 
@@ -336,11 +331,11 @@ def sample_plan(con: duckdb.DuckDBPyConnection, set_id: str) -> dict[str, Any]:
     excluded share; ``sampled_spend_share`` = the sampled rows' own spend /
     template spend.
     """
-    sets = _rows(con, "SELECT * FROM sample_sets WHERE sample_set_id = ?", [set_id])
+    sets = fetch_dicts(con, "SELECT * FROM sample_sets WHERE sample_set_id = ?", [set_id])
     if not sets:
         raise AuditError(f"no sample set {set_id}", "draw it with `audit sample`")
     meta = sets[0]
-    templates = _rows(
+    templates = fetch_dicts(
         con,
         """WITH tpl AS (
                SELECT rt.template_id, count(*) AS requests, sum(coalesce(c.cost_usd, 0) / r.sampled_fraction) AS spend_usd,

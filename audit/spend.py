@@ -13,12 +13,7 @@ from typing import Any
 
 import duckdb
 
-
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cursor = con.execute(sql)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
+from audit.db import fetch_dicts
 
 _AGGREGATES = """
     count(*) AS calls,
@@ -36,7 +31,7 @@ _AGGREGATES = """
 
 def spend_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     # Batch API input files hold prompts, not calls: counted apart.
-    files = _rows(
+    files = fetch_dicts(
         con,
         """SELECT count(*) AS files, coalesce(sum(rows_read), 0) AS read, coalesce(sum(rows_stored), 0) AS stored,
                   coalesce(sum(rows_duplicate), 0) AS duplicate, coalesce(sum(rows_rejected), 0) AS rejected,
@@ -44,12 +39,12 @@ def spend_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                   list(DISTINCT sampled_fraction ORDER BY sampled_fraction) AS sampled_fractions
            FROM ingest_files WHERE NOT replaced""",
     )[0]
-    totals = _rows(con, f"SELECT {_AGGREGATES}, min(started_at) AS first_call, max(started_at) AS last_call, "
+    totals = fetch_dicts(con, f"SELECT {_AGGREGATES}, min(started_at) AS first_call, max(started_at) AS last_call, "
                         "count(*) FILTER (WHERE started_at IS NULL) AS undated FROM requests")[0]
-    by_model = _rows(con, f"SELECT model, provider, {_AGGREGATES} FROM requests GROUP BY ALL ORDER BY calls DESC, model")
-    by_day = _rows(con, f"SELECT started_at::DATE AS day, {_AGGREGATES} FROM requests GROUP BY ALL ORDER BY day NULLS LAST")
-    by_format = _rows(con, f"SELECT source_format AS format, {_AGGREGATES} FROM requests GROUP BY ALL ORDER BY calls DESC")
-    reject_reasons = _rows(
+    by_model = fetch_dicts(con, f"SELECT model, provider, {_AGGREGATES} FROM requests GROUP BY ALL ORDER BY calls DESC, model")
+    by_day = fetch_dicts(con, f"SELECT started_at::DATE AS day, {_AGGREGATES} FROM requests GROUP BY ALL ORDER BY day NULLS LAST")
+    by_format = fetch_dicts(con, f"SELECT source_format AS format, {_AGGREGATES} FROM requests GROUP BY ALL ORDER BY calls DESC")
+    reject_reasons = fetch_dicts(
         con,
         "SELECT split_part(reason, ':', 1) AS reason, count(*) AS records FROM ingest_rejects "
         "WHERE file_id IN (SELECT file_id FROM ingest_files WHERE NOT replaced) GROUP BY ALL ORDER BY records DESC, reason",

@@ -86,6 +86,8 @@ from typing import Any
 
 import duckdb
 
+from audit.db import sql_string
+
 SAMPLE_PER_TEMPLATE = 200      # requests whose text is read, per template (at most) ...
 SAMPLE_ROWS_BUDGET = 8000      # ... and in all: with many templates each gets fewer,
 MIN_SAMPLE_PER_TEMPLATE = 30   # but never fewer than this (when it has them)
@@ -257,10 +259,6 @@ def _read_sample(con: duckdb.DuckDBPyConnection, ranges: list[tuple[int, int]]) 
 # --------------------------------------------------------------------------- features
 
 
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 # Every cue word in one pass over the prompt text (one regex is ~4x faster
 # than one per cue); each cue is then tested on the few words found.
 _ANY_CUE = "|".join(f"(?:{pattern})" for pattern in PROMPT_CUES.values())
@@ -268,7 +266,7 @@ _ANY_CUE = "|".join(f"(?:{pattern})" for pattern in PROMPT_CUES.values())
 
 def _per_request_features(con: duckdb.DuckDBPyConnection) -> None:
     """``_task_request_features``: one row per sampled request, its text reduced to the features."""
-    any_cue = _sql_string(_ANY_CUE)
+    any_cue = sql_string(_ANY_CUE)
     # Words = whitespace runs + 1: splitting every text into a list costs more
     # than the rest of this query.
     con.execute(
@@ -331,7 +329,7 @@ def _per_request_features(con: duckdb.DuckDBPyConnection) -> None:
 def _template_features(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
     """One aggregate per template over its sampled requests, plus the cue words most of its prompts share."""
     cue_columns = ",\n".join(
-        f"avg(regexp_matches(array_to_string(prompt_words, ' | '), {_sql_string(pattern)})::INT) "
+        f"avg(regexp_matches(array_to_string(prompt_words, ' | '), {sql_string(pattern)})::INT) "
         f"FILTER (WHERE has_prompt) AS cue_{name}"
         for name, pattern in PROMPT_CUES.items()
     )
@@ -350,13 +348,13 @@ def _template_features(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, An
            max(turns) FILTER (WHERE has_prompt) AS turns_max,
            avg(resends_history::INT) FILTER (WHERE has_prompt) AS resends_history,
            avg((regexp_matches(user_text, '\?\s*$')
-                OR regexp_matches(user_text, {_sql_string(_QUESTION_START)}, 'i'))::INT)
+                OR regexp_matches(user_text, {sql_string(_QUESTION_START)}, 'i'))::INT)
                FILTER (WHERE has_prompt AND user_text <> '') AS question_form,
            1 - count(DISTINCT trim(regexp_replace(lower(user_text), '[^a-z0-9]+', ' ', 'g'))) FILTER (WHERE has_prompt)
                / greatest(count(*) FILTER (WHERE has_prompt), 1) AS repeated_user_text,
            avg(output_json::INT) FILTER (WHERE output IS NOT NULL) AS output_is_json,
            avg(contains(output, '```')::INT) FILTER (WHERE output IS NOT NULL) AS code_fenced,
-           avg(regexp_matches(output, {_sql_string(_CODE_LINE)})::INT) FILTER (WHERE output IS NOT NULL) AS code_lines,
+           avg(regexp_matches(output, {sql_string(_CODE_LINE)})::INT) FILTER (WHERE output IS NOT NULL) AS code_lines,
            avg((NOT output_json AND length(output) <= 40 AND output_words <= 3 AND NOT contains(output, chr(10)))::INT)
                FILTER (WHERE output IS NOT NULL) AS label_like_outputs,
            count(DISTINCT trim(regexp_replace(lower(output), '[^a-z0-9]+', ' ', 'g'))) AS distinct_outputs,

@@ -34,11 +34,10 @@ there is no analysis window.
 
 from __future__ import annotations
 
-from typing import Any
-
 import duckdb
 
 from audit import pricing
+from audit.db import fetch_dicts
 from audit.findings import IN_WINDOW, MONTHLY, Finding, Settings, not_run
 
 KIND = "overpowered_model"
@@ -49,12 +48,6 @@ LARGE_TIER_MIN_OUTPUT_USD_PER_M = 6.0
 ASSUMED_PASS_RATE = 0.6
 EXAMPLE_REQUESTS = 5
 DOWNSIZABLE_TIERS = ("small", "mid")
-
-
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
-    cursor = con.execute(sql, params or [])
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def _price_dict(price: pricing.PricePerMillion) -> dict[str, float]:
@@ -80,7 +73,7 @@ def detect(con: duckdb.DuckDBPyConnection, settings: Settings) -> list[Finding]:
     # One pass over the window: per template × model, the monthly spend and the monthly tokens of
     # each kind, weighted by each request's share left after its batch discount; the template's
     # whole spend (every model, every tier) comes from the same pass.
-    groups = _rows(con, f"""
+    groups = fetch_dicts(con, f"""
         WITH per_model AS (
             SELECT t.template_id, any_value(tp.tier) AS tier, any_value(tp.task_type) AS task_type, r.model,
                    mode(r.provider) AS provider,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import duckdb
 
+from audit.db import sql_identifier, sql_string
 from audit.errors import ConfigError, InputError
 from audit.formats import Format, IngestOptions, Sample, select_stage
-from audit.formats.lines import lines_sql, reader_sql, sql_string
+from audit.formats.lines import lines_sql, reader_sql
 
 # ledger field → stage column it fills
 LEDGER_FIELDS: dict[str, str] = {
@@ -126,13 +127,13 @@ class Generic(Format):
             # line_no counts the header line, so it is the file's line for one-line rows.
             source = f"(SELECT ordinality + 1 AS line_no, * FROM {reader} WITH ORDINALITY) AS src"
             columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
-            value = lambda column: _quote(column)  # noqa: E731
+            value = lambda column: sql_identifier(column)  # noqa: E731
             raw = "to_json(src)"
         elif kind == "parquet":
             reader = f"read_parquet({sql_string(str(path))})"
             source = f"(SELECT ordinality AS line_no, * FROM {reader} WITH ORDINALITY) AS src"
             columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
-            value = lambda column: f"CAST({_quote(column)} AS VARCHAR)"  # noqa: E731
+            value = lambda column: f"CAST({sql_identifier(column)} AS VARCHAR)"  # noqa: E731
             raw = "to_json(src)"
         else:
             source = lines_sql(path, options.compression, f"_line_rejects_{file_id}")
@@ -183,10 +184,6 @@ class Generic(Format):
         if checks:
             exprs["reject_reason"] = "CASE " + " ".join(checks) + " END"
         return select_stage(exprs, source)
-
-
-def _quote(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
 
 
 def _json_key(column: str) -> str:

@@ -46,10 +46,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from audit.db import sql_identifier, sql_string
 from audit.errors import InputError
 from audit.formats import Format, IngestOptions, Sample, records_stage, select_stage
 from audit.formats.generic import LEDGER_FIELDS, resolve_columns, table_messages_sql
-from audit.formats.lines import sql_string
 from audit.formats.sharegpt import (
     CONVERSATION_KEYS,
     NO_MODEL_HINT,
@@ -144,10 +144,6 @@ def _is_conversation_column(field: pa.Field) -> bool:
     return {"from", "value"} <= names or {"role", "content"} <= names
 
 
-def _quote(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
-
-
 class HFDataset(Format):
     name = "hf-dataset"
     description = "a local Hugging Face dataset (save_to_disk folder; parquet/json/csv with --format hf-dataset)"
@@ -213,7 +209,7 @@ class HFDataset(Format):
 
         def value(column: str) -> str:
             # Nested values as JSON (a messages list); scalars as text, checked by the finisher.
-            return f"to_json({_quote(column)})::VARCHAR" if column in nested else f"CAST({_quote(column)} AS VARCHAR)"
+            return f"to_json({sql_identifier(column)})::VARCHAR" if column in nested else f"CAST({sql_identifier(column)} AS VARCHAR)"
 
         exprs = {"line_no": "_audit_row", "raw": "to_json(src)"}
         for ledger_field, column in fields.items():

@@ -36,9 +36,15 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from audit.db import sql_identifier, sql_string
 from audit.errors import InputError
 from audit.formats import IngestOptions, Sample
-from audit.formats.lines import LINE_LIMITS, lines_sql, read_text, reader_sql, sql_string
+from audit.formats.lines import (
+    LINE_LIMITS,
+    lines_sql,
+    read_text,
+    reader_sql,
+)
 
 RowTest = Callable[[object], bool]
 
@@ -174,12 +180,8 @@ def _csv_rows_sql(con: duckdb.DuckDBPyConnection, path: Path, options: IngestOpt
             f"strict_mode=false, {LINE_LIMITS}"
         ),
     )
-    cells = ", ".join(f"{sql_string(n)}, NULLIF({_quote(n)}, '')" for n in names)
+    cells = ", ".join(f"{sql_string(n)}, NULLIF({sql_identifier(n)}, '')" for n in names)
     return f"(SELECT ordinality + 1 AS line_no, json_object({cells})::VARCHAR AS raw FROM {reader} WITH ORDINALITY)"
-
-
-def _quote(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
 
 
 _DECODER = json.JSONDecoder()

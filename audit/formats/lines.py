@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from audit.db import sql_string
 from audit.errors import InputError
 
 # The longest single line we accept (a 50 MB prompt is fine), and the read
@@ -29,10 +30,6 @@ from audit.errors import InputError
 MAX_LINE_BYTES = 128 * 1024 * 1024
 READ_BUFFER_BYTES = 2 * MAX_LINE_BYTES
 LINE_LIMITS = f"max_line_size={MAX_LINE_BYTES}, buffer_size={READ_BUFFER_BYTES}"
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def reader_sql(path: Path, compression: str, rejects_table: str, *, csv_options: str) -> str:

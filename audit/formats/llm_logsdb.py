@@ -70,8 +70,7 @@ from pathlib import Path
 import duckdb
 
 from audit.errors import InputError
-from audit.formats import Format, IngestOptions, Sample
-from audit.formats import records_stage
+from audit.formats import Format, IngestOptions, Sample, records_stage
 from audit.formats.lines import open_decompressed
 from audit.formats.sharegpt import number_rows
 

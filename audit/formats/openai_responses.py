@@ -50,7 +50,12 @@ import duckdb
 
 from audit.formats import Format, IngestOptions, Sample, select_stage
 from audit.formats.lines import JSON_OBJECT_CHECKS
-from audit.formats.openai_chat import GATEWAY_ROW_KEYS, envelope_bodies, envelope_sql, openai_usage_exprs
+from audit.formats.openai_chat import (
+    GATEWAY_ROW_KEYS,
+    envelope_bodies,
+    envelope_sql,
+    openai_usage_exprs,
+)
 
 _PROMPT = '{"id": "VARCHAR", "version": "VARCHAR", "variables": "JSON"}'
 _REQUEST = (
