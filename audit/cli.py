@@ -58,13 +58,14 @@ def ingest(
     """
     from audit import console
     from audit.formats.generic import parse_mapping
+    from audit.ingest import expand_paths
     from audit.ingest import ingest as run_ingest
 
     mapping = parse_mapping(map or [])
+    # Paths are checked (and folders walked, once) before the database is created.
+    files = expand_paths(paths)
+    n_files = len(files)
     con = audit_db.connect(db)
-    from audit.ingest import expand_paths
-
-    n_files = len(expand_paths(paths))
     # Each file is worth 100 units: half reading, half storing.
     with console.progress_bar("ingesting", n_files * 100, show_count=False) as bar:
         done_files = 0
@@ -89,7 +90,7 @@ def ingest(
                 for reason, count in result.reject_reasons.items():
                     console.err.print(f"       [yellow]rejected[/] {count:,} × {reason}")
 
-        summary = run_ingest(con, paths, forced_format=format, mapping=mapping, default_model=model,
+        summary = run_ingest(con, files, forced_format=format, mapping=mapping, default_model=model,
                              sampled_fraction=sampled_fraction, replace=replace, on_file=on_file,
                              on_progress=on_progress)
     t = summary.as_dict()["totals"]
