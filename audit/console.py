@@ -42,8 +42,8 @@ class Bar:
     def advance(self, n: float = 1) -> None:
         self._progress.advance(self._task, n)
 
-    def set(self, *, completed: float | None = None, description: str | None = None) -> None:
-        self._progress.update(self._task, completed=completed, description=description)
+    def set(self, *, completed: float | None = None, description: str | None = None, total: float | None = None) -> None:
+        self._progress.update(self._task, completed=completed, description=description, total=total)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ Tables (the stage that owns each is named in its module's docstring):
 - ``ingest_rejects``: records that could not be stored, with file, line and reason.
 - ``batch_requests``: OpenAI Batch API *input* lines, kept so output lines
   ingested before or after them can be joined on ``custom_id``.
+- ``replay_runs`` / ``replays``: candidate models tried on the sampled requests.
 """
 
 from __future__ import annotations
@@ -239,6 +240,72 @@ def _m005_tools(con: duckdb.DuckDBPyConnection) -> None:
     # offered tools cannot be replayed faithfully even when it was answered
     # in plain text: the sample excludes it.
     con.execute("ALTER TABLE requests ADD COLUMN tools JSON")
+
+
+@migration(6, "replays")
+def _m006_replays(con: duckdb.DuckDBPyConnection) -> None:
+    # Written by ``audit.replay`` (its docstring explains resuming and pricing).
+    con.execute(
+        """
+        CREATE SEQUENCE replay_runs_seq START 1;
+        -- One row per `audit replay` of one candidate on one sample set.
+        CREATE TABLE replay_runs (
+            run_id              BIGINT PRIMARY KEY DEFAULT nextval('replay_runs_seq'),
+            sample_set_id       VARCHAR NOT NULL,
+            candidate           VARCHAR NOT NULL,   -- the name given (NAME=...)
+            engine              VARCHAR NOT NULL,   -- vllm | openai | fake
+            model               VARCHAR NOT NULL,
+            spec                VARCHAR NOT NULL,   -- ENGINE:MODEL?options (never a secret: secrets are refused as options)
+            pricing             VARCHAR NOT NULL,   -- 'catalog' | 'options' | 'gpu-hour'
+            input_price_per_m   DOUBLE,             -- USD per 1M tokens (gpu-hour: set when the run ends, from its throughput)
+            output_price_per_m  DOUBLE,
+            gpu_hourly_usd      DOUBLE,             -- gpu-hour pricing: the rate given
+            price_source        VARCHAR,            -- catalog source and model, or 'candidate options', or the formula
+            device              VARCHAR,            -- GPU/CPU name, or the server's address
+            engine_version      VARCHAR,
+            context_window      BIGINT,
+            started_at          TIMESTAMP NOT NULL,
+            startup_seconds     DOUBLE,             -- loading the model / engine, not in wall_seconds
+            finished_at         TIMESTAMP,
+            status              VARCHAR NOT NULL,   -- running | finished | stopped_at_budget | interrupted | failed
+            requests_planned    BIGINT NOT NULL,
+            requests_ok         BIGINT NOT NULL DEFAULT 0,
+            requests_error      BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens       BIGINT NOT NULL DEFAULT 0,   -- as the candidate counted them
+            output_tokens       BIGINT NOT NULL DEFAULT 0,
+            wall_seconds        DOUBLE,             -- first request sent → last answer
+            tokens_per_second   DOUBLE,             -- (prompt + output tokens) / wall_seconds
+            output_tokens_per_second DOUBLE,
+            cost_usd            DOUBLE,             -- Σ replays.cost_usd of the run
+            expected_cost_usd   DOUBLE,             -- the estimate printed before the run
+            worst_case_cost_usd DOUBLE
+        );
+        -- One row per sample set × request × candidate: the candidate's answer
+        -- or the error. A rerun of `audit replay` skips rows that are 'ok' or a
+        -- final error and replaces the others (INSERT OR REPLACE on the key).
+        CREATE TABLE replays (
+            sample_set_id       VARCHAR NOT NULL,
+            request_id          VARCHAR NOT NULL,
+            candidate           VARCHAR NOT NULL,
+            run_id              BIGINT NOT NULL,
+            status              VARCHAR NOT NULL,   -- ok | error
+            error_kind          VARCHAR,            -- timeout | rate_limited | server_error | connection | engine_error (retried) | context_overflow | bad_request | refusal
+            error_message       VARCHAR,
+            response_text       VARCHAR,
+            finish_reason       VARCHAR,            -- stop | length | ...
+            prompt_tokens       BIGINT,
+            output_tokens       BIGINT,
+            latency_ms          DOUBLE,             -- HTTP only; NULL inside an offline batch
+            cost_usd            DOUBLE,             -- at the run's prices; NULL until a gpu-hour run has its throughput
+            temperature         DOUBLE,             -- as sent (NULL: the engine's default)
+            max_tokens          BIGINT,             -- as sent
+            truncated_messages  BIGINT NOT NULL,    -- oldest turns dropped to fit the context window
+            attempts            BIGINT NOT NULL,
+            finished_at         TIMESTAMP NOT NULL,
+            PRIMARY KEY (sample_set_id, request_id, candidate)
+        );
+        """
+    )
 
 
 def apply(con: duckdb.DuckDBPyConnection) -> list[int]:

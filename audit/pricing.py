@@ -158,6 +158,8 @@ class PriceBook:
     self_hosted: dict[str, list[OverridePrice]] = field(default_factory=dict)
     aliases: dict[str, tuple[str, str | None]] = field(default_factory=dict)   # name -> (model, provider)
     batch_discounts: dict[str, float] = field(default_factory=lambda: dict(BATCH_DISCOUNTS))
+    # The [candidates] table, as written: read by `audit replay` (audit.backends.candidates_from_table).
+    candidates: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- price file
@@ -183,7 +185,7 @@ def load_price_book(path: Path | None) -> PriceBook:
     return _parse_price_book(data, path)
 
 
-_SECTIONS = ("prices", "aliases", "self_hosted", "batch_discounts")
+_SECTIONS = ("prices", "aliases", "self_hosted", "batch_discounts", "candidates")
 _PRICE_KEYS = {"input", "cached_input", "cache_write", "output", "provider", "valid_from"}
 _SELF_HOSTED_KEYS = {"gpu_hourly_usd", "tokens_per_second", "valid_from"}
 
@@ -232,7 +234,7 @@ def _parse_price_book(data: dict[str, Any], path: Path) -> PriceBook:
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise _bad(path, unknown[0], "is not a known section",
-                   "sections are [prices.\"MODEL\"], [aliases], [self_hosted.\"MODEL\"], [batch_discounts]")
+                   "sections are [prices.\"MODEL\"], [aliases], [self_hosted.\"MODEL\"], [batch_discounts], [candidates]")
     for section in _SECTIONS:
         if section in data and not isinstance(data[section], dict):
             raise _bad(path, section, "must be a table", f"write [{section}] or [{section}.\"MODEL\"]")
@@ -299,6 +301,7 @@ def _parse_price_book(data: dict[str, Any], path: Path) -> PriceBook:
         if fraction >= 1:
             raise _bad(path, key, f"must be a fraction below 1, got {value!r}", "0.5 means half price")
         book.batch_discounts[provider.strip().lower()] = fraction
+    book.candidates = dict(data.get("candidates", {}))
     return book
 
 
@@ -511,14 +514,22 @@ def _resolve(provider: str | None, model_logged: str | None, model: str | None, 
 
 def price_per_million(provider: str | None, model: str, when: date, book: PriceBook) -> PricePerMillion | None:
     """The base (short-context, standard-hours) price of a model on a date, or None when unknown."""
+    quoted = price_quote(provider, model, when, book)
+    return quoted[0] if quoted else None
+
+
+def price_quote(provider: str | None, model: str, when: date, book: PriceBook) -> tuple[PricePerMillion, str] | None:
+    """``price_per_million`` and where it comes from ('genai-prices 0.2.3: openai/gpt-4o-mini from 2024-07-18')."""
     resolved = _resolve(provider, model, None, None, when, book)
     if not resolved.priced:
         return None
     band = next((b for b in resolved.bands if b.tok_lo < 0 and b.tod_lo <= 12 * 60 < b.tod_hi), resolved.bands[0])
     if band.input is None or band.output is None:
         return None
-    return PricePerMillion(band.input, band.input if band.cached_input is None else band.cached_input,
-                           band.input if band.cache_write is None else band.cache_write, band.output)
+    price = PricePerMillion(band.input, band.input if band.cached_input is None else band.cached_input,
+                            band.input if band.cache_write is None else band.cache_write, band.output)
+    since = f" from {resolved.valid_from}" if resolved.valid_from else ""
+    return price, f"{resolved.source}: {resolved.provider or '?'}/{resolved.model}{since}"
 
 
 def cheapest_for_tier(tier: str, provider: str | None, when: date,
@@ -550,7 +561,7 @@ _PRICE_TABLE_SCHEMA = pa.schema([
 ])
 
 
-def _reference_day(con: duckdb.DuckDBPyConnection) -> date:
+def reference_day(con: duckdb.DuckDBPyConnection) -> date:
     """The day undated requests are priced at: the ledger's last day (today when it has no dates)."""
     last = con.execute("SELECT max(started_at)::DATE FROM requests").fetchall()[0][0]
     return last or datetime.now(UTC).date()
@@ -576,8 +587,8 @@ def _price_table(con: duckdb.DuckDBPyConnection, book: PriceBook, reference_day:
 
 def price_requests(con: duckdb.DuckDBPyConnection, book: PriceBook) -> dict[str, Any]:
     """Rewrite ``request_costs`` for every request; return the pricing summary."""
-    reference_day = _reference_day(con)
-    prices = _price_table(con, book, reference_day)
+    day = reference_day(con)
+    prices = _price_table(con, book, day)
     con.register("audit_price_table", prices)
     try:
         con.execute("BEGIN TRANSACTION")
@@ -638,7 +649,7 @@ def price_requests(con: duckdb.DuckDBPyConnection, book: PriceBook) -> dict[str,
                    reason
             FROM c
             """,
-            [reference_day],
+            [day],
         )
         con.execute("COMMIT")
     except BaseException:

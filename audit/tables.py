@@ -185,3 +185,73 @@ def render_sample_plan(plan: dict[str, Any]) -> None:
     err.print("[dim]weight: ledger rows each sampled request stands for; sampled rows: their own spend and its "
               "share of the template's; weighted: Σ cost × weight / sampled fraction, the sample's estimate of the "
               "spend (± one standard error); covered: weighted / spend, 100% in expectation less what is excluded[/]")
+
+
+def _price(entry: dict[str, Any]) -> str:
+    if entry["input_price_per_m"] is None:
+        return f"${entry['gpu_hourly_usd']:g}/GPU-h" if entry.get("gpu_hourly_usd") else "-"
+    if entry["input_price_per_m"] == entry["output_price_per_m"]:
+        return f"${entry['input_price_per_m']:,.3g}/M"
+    return f"${entry['input_price_per_m']:,.3g} / ${entry['output_price_per_m']:,.3g} per M"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:,.0f} s" if seconds < 120 else f"{seconds / 60:,.1f} min"
+
+
+def render_replay_plan(plan: dict[str, Any]) -> None:
+    """Before anything is sent: per candidate, what is pending, its price and the estimates."""
+    scope = f", first {plan['per_template']} per template" if plan["per_template"] else ""
+    err.print(f"[bold]Replay of sample set {escape(plan['sample_set_id'])}[/]{scope}")
+    table = Table(header_style="bold")
+    for column in ("candidate", "model", "pricing", "price", "pending", "done before", "expected", "worst case", "time"):
+        table.add_column(column, justify="left" if column in ("candidate", "model", "pricing") else "right")
+    for c in plan["candidates"]:
+        table.add_row(escape(c["candidate"]), escape(f"{c['engine']}:{c['model']}"), c["pricing"], _price(c),
+                      f"{c['pending']:,}", f"{c['already_done']:,}", _money(c["expected_cost_usd"]),
+                      _money(c["worst_case_cost_usd"]), _duration(c["expected_seconds"]))
+    err.print(table)
+    for c in plan["candidates"]:
+        err.print(f"[dim]{escape(c['candidate'])}: price from {escape(c['price_source'])}; estimate: {escape(c['estimate_basis'])}[/]")
+
+
+def render_replay_summary(summary: dict[str, Any]) -> None:
+    """After the run: this run per candidate, then everything replayed on the sample set so far."""
+    runs = Table(title="This run", title_justify="left", header_style="bold")
+    for column in ("candidate", "status", "sent", "ok", "errors", "tokens in/out", "wall", "tokens/s", "out tok/s",
+                   "$/1M", "cost", "device"):
+        runs.add_column(column, justify="left" if column in ("candidate", "status", "errors", "device") else "right")
+    any_run = False
+    for c in summary["candidates"]:
+        run = c["run"]
+        if run is None:
+            continue
+        any_run = True
+        errors = ", ".join(f"{n} {kind}" for kind, n in run["error_kinds"].items()) or "0"
+        runs.add_row(escape(c["candidate"]), run["status"], f"{run['requests_ok'] + run['requests_error']:,}",
+                     f"{run['requests_ok']:,}", errors, f"{run['prompt_tokens']:,} / {run['output_tokens']:,}",
+                     _duration(run["wall_seconds"]), _n(run["tokens_per_second"]), _n(run["output_tokens_per_second"]),
+                     _price(run), _money(run["cost_usd"]), escape(run["device"] or "-"))
+    if any_run:
+        err.print(runs)
+    else:
+        err.print("nothing pending: every sampled request already has an answer or a final error "
+                  "(--retry-errors sends the errors again)")
+    totals = Table(title=f"Sample set {escape(summary['sample_set_id'])}, all runs", title_justify="left", header_style="bold")
+    for column in ("candidate", "samples", "ok", "errors", "pending", "hit max_tokens", "truncated", "candidate cost",
+                   "originals' cost", "ratio"):
+        totals.add_column(column, justify="left" if column in ("candidate", "errors") else "right")
+    for c in summary["candidates"]:
+        t = c["totals"]
+        if t is None:
+            continue
+        errors = ", ".join(f"{n} {kind}" for kind, n in t["error_kinds"].items()) or "0"
+        ratio = "-" if t["cost_ratio"] is None else f"{t['cost_ratio']:.1%}"
+        totals.add_row(escape(c["candidate"]), f"{t['samples']:,}", f"{t['ok']:,}", errors, f"{t['pending']:,}",
+                       f"{t['hit_max_tokens']:,}", f"{t['truncated']:,}", _money(t["cost_usd"]),
+                       _money(t["original_cost_usd"]), ratio)
+    err.print(totals)
+    err.print("[dim]cost: answered requests only, at the candidate's price (self-hosted: wall time at the GPU rate); "
+              "originals' cost: the same requests at list price; quality is judged next, by `audit judge`[/]")
