@@ -38,7 +38,8 @@ Cost control
 ------------
 Before anything is sent the plan prints, per candidate, the requests pending
 and the expected cost (the original's logged token counts at the candidate's
-price) and the worst case (the original's input + the full ``max_tokens``).
+price) and the worst case (the original's input + 25% for another tokenizer, and
+the full ``max_tokens``).
 Candidates priced per token (catalog, options) are *paid*: if their summed
 worst case exceeds ``max_cost_usd`` the replay refuses to start; during the
 run, a request is only sent while spent + in-flight worst cases stay within
@@ -49,6 +50,7 @@ estimated (from an earlier run's throughput when there is one), never refused.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -87,6 +89,7 @@ DEFAULT_GPU_HOURLY_USD = 3.00
 DEFAULT_MAX_COST_USD = 1.00
 # The run row is refreshed this often, so a killed run can still be priced.
 RUN_REFRESH_SECONDS = 5.0
+WORST_CASE_INPUT_MARGIN = 1.25
 
 
 # --------------------------------------------------------------------------- candidates and prices
@@ -152,6 +155,12 @@ def price_candidate(candidate: Candidate, *, gpu_hourly_usd: float, day: Any, bo
                           "or price a self-hosted server by GPU time with ?pricing=gpu")
     price, source = quoted
     return CandidatePrice("catalog", price.input, price.output, None, source)
+
+
+def worst_case_cost(price: CandidatePrice, item: ReplayItem) -> float:
+    """The most one request can cost: its logged input with a margin for the candidate's own tokenizer
+    (they differ by 10-20% on English), and the whole max_tokens."""
+    return price.cost(math.ceil(item.expected_input_tokens * WORST_CASE_INPUT_MARGIN), item.max_tokens) or 0.0
 
 
 # --------------------------------------------------------------------------- the plan
@@ -278,8 +287,8 @@ def plan_replay(
         expected_tokens = sum(i.expected_input_tokens + i.expected_output_tokens for i in items)
         if price.paid_per_token:
             expected = sum(price.cost(i.expected_input_tokens, i.expected_output_tokens) or 0.0 for i in items)
-            worst = sum(price.cost(i.expected_input_tokens, i.max_tokens) or 0.0 for i in items)
-            basis = "the originals' logged token counts at the candidate's price; worst case with the full max_tokens"
+            worst = sum(worst_case_cost(price, i) for i in items)
+            basis = "the originals' logged token counts at the candidate's price; worst case: +25% input, the full max_tokens"
         else:
             expected = worst = None
             basis = "self-hosted: priced by the throughput this run measures"
@@ -439,8 +448,7 @@ def _run_candidate(con: duckdb.DuckDBPyConnection, set_id: str, candidate_plan: 
             def admitted():
                 nonlocal stopped_at_budget
                 for item in ready:
-                    if price.paid_per_token and not budget.admit(
-                            item.request_id, price.cost(item.expected_input_tokens, item.max_tokens) or 0.0):
+                    if price.paid_per_token and not budget.admit(item.request_id, worst_case_cost(price, item)):
                         stopped_at_budget = True
                         return
                     yield item

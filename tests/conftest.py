@@ -83,3 +83,60 @@ def realdata(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared real data not present: {path}")
     return path
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@pytest.fixture(scope="session")
+def sampled_db_file(tmp_path_factory) -> Path:
+    """sample_logs ingested, analyzed and sampled (n500-s7) once: tests copy the file."""
+    from audit.analyze import analyze
+    from audit.sample import draw_sample
+    from audit.synth import SAMPLE_LOGS_FRACTION
+
+    path = tmp_path_factory.mktemp("sampled") / "sampled.duckdb"
+    connection = audit_db.connect(path)
+    ingest(connection, [REPO / "sample_logs"], sampled_fraction=SAMPLE_LOGS_FRACTION)
+    analyze(connection)
+    draw_sample(connection, n=500, seed=7)
+    connection.close()
+    return path
+
+
+@pytest.fixture
+def sampled_db(sampled_db_file: Path, tmp_path: Path) -> Path:
+    """A private copy of the sampled database for one test."""
+    import shutil
+
+    path = tmp_path / "audit.duckdb"
+    shutil.copyfile(sampled_db_file, path)
+    return path
+
+
+class SharedEngine:
+    """An engine lent to several replays: closing it is left to the session."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.info = engine.info
+
+    def prepare(self, item):
+        return self.engine.prepare(item)
+
+    def run(self, items, on_result) -> None:
+        self.engine.run(items, on_result)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine():
+    """The real default candidate, SmolLM2-135M-Instruct on vLLM (CPU here): one engine per test session."""
+    from audit.backends import Candidate
+    from audit.backends.vllm_engine import VllmEngine
+
+    engine = VllmEngine(Candidate("smollm2", "vllm", "smollm2", {"max_model_len": "2048", "kv_cache_gb": "1"}))
+    yield engine
+    engine.close()
