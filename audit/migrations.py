@@ -11,6 +11,8 @@ Tables (the stage that owns each is named in its module's docstring):
 - ``batch_requests``: OpenAI Batch API *input* lines, kept so output lines
   ingested before or after them can be joined on ``custom_id``.
 - ``replay_runs`` / ``replays``: candidate models tried on the sampled requests.
+- ``verdicts``, ``judge_calls``, ``decisions``, ``movable_spend``, ``judge_calibrations``: judging them;
+  ``review_items``, ``reviews``: blind human review.
 """
 
 from __future__ import annotations
@@ -303,6 +305,123 @@ def _m006_replays(con: duckdb.DuckDBPyConnection) -> None:
             attempts            BIGINT NOT NULL,
             finished_at         TIMESTAMP NOT NULL,
             PRIMARY KEY (sample_set_id, request_id, candidate)
+        );
+        """
+    )
+
+
+@migration(7, "verdicts")
+def _m007_verdicts(con: duckdb.DuckDBPyConnection) -> None:
+    # Written by ``audit.judge`` (checks, LLM judge, decisions) and
+    # ``audit.review`` (human review export and import).
+    con.execute(
+        """
+        -- Every judgement of one candidate answer: an automatic check, the LLM
+        -- judge's pairwise verdict, or a human review. Rewritten per source.
+        CREATE TABLE verdicts (
+            sample_set_id   VARCHAR NOT NULL,
+            request_id      VARCHAR NOT NULL,
+            candidate       VARCHAR NOT NULL,
+            source          VARCHAR NOT NULL,   -- 'check' | 'judge' | 'human'
+            metric          VARCHAR NOT NULL,   -- label_match, json_valid, ..., embedding_similarity, pairwise, human
+            score           DOUBLE,             -- the metric's value (NULL when it has none)
+            threshold       DOUBLE,             -- the bar the score was held to
+            passed          BOOLEAN,            -- NULL: could not be judged
+            gating          BOOLEAN NOT NULL,   -- counts toward the request's pass (others are shown only)
+            reason          VARCHAR,            -- one line: why it failed, or the judge's explanation
+            judged_at       TIMESTAMP NOT NULL,
+            PRIMARY KEY (sample_set_id, request_id, candidate, source, metric)
+        );
+        -- The LLM judge's calls: each pair judged twice, positions swapped.
+        -- Resumable like replays: keyed, stored as each call finishes.
+        CREATE TABLE judge_calls (
+            sample_set_id   VARCHAR NOT NULL,
+            request_id      VARCHAR NOT NULL,
+            candidate       VARCHAR NOT NULL,
+            judge           VARCHAR NOT NULL,   -- the judge's name (NAME=ENGINE:MODEL)
+            judge_spec      VARCHAR NOT NULL,
+            original_position VARCHAR NOT NULL, -- 'A' | 'B': where the production answer was shown
+            status          VARCHAR NOT NULL,   -- ok | error
+            preferred       VARCHAR,            -- 'original' | 'candidate' | 'tie' (unblinded), NULL when unparsable
+            explanation     VARCHAR,
+            response_text   VARCHAR,
+            error_kind      VARCHAR,
+            error_message   VARCHAR,
+            prompt_tokens   BIGINT,
+            output_tokens   BIGINT,
+            cost_usd        DOUBLE,
+            judged_at       TIMESTAMP NOT NULL,
+            PRIMARY KEY (sample_set_id, request_id, candidate, judge, original_position)
+        );
+        -- A blind review page: which side each candidate answer was shown on.
+        CREATE TABLE review_items (
+            export_id       VARCHAR NOT NULL,
+            item_id         VARCHAR NOT NULL,   -- what the page and its download call the item
+            sample_set_id   VARCHAR NOT NULL,
+            request_id      VARCHAR NOT NULL,
+            candidate       VARCHAR NOT NULL,
+            candidate_side  VARCHAR NOT NULL,   -- 'A' | 'B'
+            position        BIGINT NOT NULL,    -- order on the page (shuffled)
+            exported_at     TIMESTAMP NOT NULL,
+            PRIMARY KEY (export_id, item_id)
+        );
+        -- Human verdicts, unblinded on import. Override automatic ones in decisions.
+        CREATE TABLE reviews (
+            export_id       VARCHAR NOT NULL,
+            item_id         VARCHAR NOT NULL,
+            sample_set_id   VARCHAR NOT NULL,
+            request_id      VARCHAR NOT NULL,
+            candidate       VARCHAR NOT NULL,
+            reviewer        VARCHAR NOT NULL,
+            choice          VARCHAR NOT NULL,   -- as cast: 'A' | 'B' | 'both_fine' | 'both_bad'
+            outcome         VARCHAR NOT NULL,   -- 'candidate_better' | 'original_better' | 'both_fine' | 'both_bad'
+            passed          BOOLEAN NOT NULL,   -- the candidate is good enough: candidate_better or both_fine
+            reviewed_at     TIMESTAMP,
+            source_file     VARCHAR NOT NULL,
+            imported_at     TIMESTAMP NOT NULL,
+            PRIMARY KEY (export_id, item_id, reviewer)
+        );
+        -- Per sample set, template and candidate: the evidence and the decision.
+        CREATE TABLE decisions (
+            sample_set_id      VARCHAR NOT NULL,
+            template_id        VARCHAR NOT NULL,
+            candidate          VARCHAR NOT NULL,
+            evidence           VARCHAR NOT NULL,   -- what decided the requests: e.g. 'checks', 'judge', 'human+checks'
+            judged             BIGINT NOT NULL,    -- requests with a pass/fail
+            passed             BIGINT NOT NULL,
+            pass_rate          DOUBLE,
+            ci_low             DOUBLE,             -- 95% Wilson interval of the pass rate
+            ci_high            DOUBLE,
+            threshold          DOUBLE NOT NULL,
+            decision           VARCHAR NOT NULL,   -- 'switch' | 'keep' | 'insufficient evidence'
+            template_spend_usd DOUBLE,             -- templates.spend_usd (full traffic, whole ledger)
+            top_failures       JSON,               -- [{reason, count}] most frequent first
+            decided_at         TIMESTAMP NOT NULL,
+            PRIMARY KEY (sample_set_id, template_id, candidate)
+        );
+        -- Per sample set and candidate: how much of the whole spend could move to it.
+        CREATE TABLE movable_spend (
+            sample_set_id      VARCHAR NOT NULL,
+            candidate          VARCHAR NOT NULL,
+            total_spend_usd    DOUBLE NOT NULL,    -- the whole ledger, scaled by 1 / sampled_fraction
+            tried_spend_usd    DOUBLE NOT NULL,    -- spend of the templates the candidate was tried on
+            switch_spend_usd   DOUBLE NOT NULL,    -- spend of the templates whose decision is 'switch'
+            switch_share       DOUBLE,             -- switch_spend_usd / total_spend_usd
+            passing_share      DOUBLE,             -- estimated share of spend whose requests pass (sample-weighted)
+            passing_share_low  DOUBLE,             -- its 95% interval
+            passing_share_high DOUBLE,
+            computed_at        TIMESTAMP NOT NULL,
+            PRIMARY KEY (sample_set_id, candidate)
+        );
+        -- `audit judge calibrate`: agreement of a judging method with human labels.
+        CREATE TABLE judge_calibrations (
+            calibrated_at   TIMESTAMP NOT NULL,
+            file            VARCHAR NOT NULL,
+            method          VARCHAR NOT NULL,   -- 'checks' or the judge's spec
+            pairs           BIGINT NOT NULL,
+            accuracy        DOUBLE,             -- on pairs the method did not call a tie
+            kappa           DOUBLE,             -- Cohen's kappa, ties counted as disagreement
+            tie_rate        DOUBLE
         );
         """
     )

@@ -74,6 +74,7 @@ from audit.backends import (
     request_seed,
 )
 from audit.db import fetch_dicts
+from audit.sample import resolve_sample_set
 from audit.errors import AuditError, ConfigError
 from audit.pricing import (
     PriceBook,
@@ -204,19 +205,6 @@ class ReplayPlan:
                 "candidates": [p.as_dict() for p in self.candidates]}
 
 
-def latest_sample_set(con: duckdb.DuckDBPyConnection, sample_set_id: str | None) -> str:
-    if sample_set_id is not None:
-        if not con.execute("SELECT 1 FROM sample_sets WHERE sample_set_id = ?", [sample_set_id]).fetchall():
-            known = [r[0] for r in con.execute("SELECT sample_set_id FROM sample_sets ORDER BY drawn_at DESC").fetchall()]
-            raise ConfigError(f"no sample set {sample_set_id!r}",
-                              f"sample sets here: {', '.join(known)}" if known else "draw one with `audit sample`")
-        return sample_set_id
-    row = con.execute("SELECT sample_set_id FROM sample_sets ORDER BY drawn_at DESC, sample_set_id LIMIT 1").fetchall()
-    if not row:
-        raise AuditError("no sample to replay: run `audit sample` first", "it picks the requests worth replaying")
-    return row[0][0]
-
-
 def _check_same_model(con: duckdb.DuckDBPyConnection, set_id: str, candidate: Candidate) -> None:
     """A name means one engine:model within a sample set, or its rows would mix two models."""
     rows = con.execute("SELECT DISTINCT engine, model FROM replay_runs WHERE sample_set_id = ? AND candidate = ?",
@@ -276,7 +264,7 @@ def plan_replay(
     """What each candidate has left to replay, at what price, with cost and time estimates. Sends nothing."""
     if per_template is not None and per_template < 1:
         raise ConfigError(f"--per-template must be at least 1, not {per_template}", "e.g. --per-template 5")
-    set_id = latest_sample_set(con, sample_set_id)
+    set_id = resolve_sample_set(con, sample_set_id)
     day = reference_day(con)
     plans = []
     for candidate in candidates:
@@ -357,7 +345,7 @@ def replay(
                           "(see the estimate with --dry-run)")
     close_stale_runs(con)
     report = on_progress or (lambda progress: None)
-    budget = _Budget(max_cost_usd)
+    budget = Budget(max_cost_usd)
     runs = []
     for candidate_plan in plan.candidates:
         if not candidate_plan.items:
@@ -367,7 +355,7 @@ def replay(
     return replay_summary(con, plan, runs)
 
 
-class _Budget:
+class Budget:
     """Spend of paid answers so far plus the worst case of those in flight, against --max-cost."""
 
     def __init__(self, max_cost_usd: float) -> None:
@@ -386,7 +374,7 @@ class _Budget:
         self.spent += cost or 0.0
 
 
-def _run_candidate(con: duckdb.DuckDBPyConnection, set_id: str, candidate_plan: CandidatePlan, budget: _Budget,
+def _run_candidate(con: duckdb.DuckDBPyConnection, set_id: str, candidate_plan: CandidatePlan, budget: Budget,
                    engine_factory: EngineFactory, report: Callable[[ReplayProgress], None]) -> int:
     candidate, price = candidate_plan.candidate, candidate_plan.price
     total = len(candidate_plan.items)

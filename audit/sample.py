@@ -444,3 +444,19 @@ def _notes(meta: dict[str, Any], totals: dict[str, Any], unassigned: dict[str, i
 
 __all__ = ["DEFAULT_MIN_PER_TEMPLATE", "DEFAULT_N", "DEFAULT_SEED", "EXCLUSION_REASONS", "Stratum", "allocate",
            "draw_sample", "sample_plan", "sample_set_id"]
+
+
+def resolve_sample_set(con: duckdb.DuckDBPyConnection, sample_set_id: str | None) -> str:
+    """The sample set named, else the latest drawn; a one-line error when there is none."""
+    if sample_set_id is not None:
+        if not con.execute("SELECT 1 FROM sample_sets WHERE sample_set_id = ?", [sample_set_id]).fetchall():
+            known = [r[0] for r in con.execute(
+                "SELECT sample_set_id FROM sample_sets ORDER BY drawn_at DESC, sample_set_id").fetchall()]
+            raise ConfigError(f"no sample set {sample_set_id!r}",
+                              f"sample sets here: {', '.join(known)}" if known else "draw one with `audit sample`")
+        return sample_set_id
+    row = con.execute("SELECT sample_set_id FROM sample_sets ORDER BY drawn_at DESC, sample_set_id LIMIT 1").fetchall()
+    if not row:
+        raise AuditError("no sample has been drawn: run `audit sample` first",
+                         "it picks the requests to replay and judge (after `audit analyze`)")
+    return row[0][0]

@@ -255,3 +255,55 @@ def render_replay_summary(summary: dict[str, Any]) -> None:
     err.print(totals)
     err.print("[dim]cost: answered requests only, at the candidate's price (self-hosted: wall time at the GPU rate); "
               "originals' cost: the same requests at list price; quality is judged next, by `audit judge`[/]")
+
+
+def render_judge_summary(summary: dict[str, Any]) -> None:
+    """Per template × candidate: n, pass rate and its interval, the decision, the top failure reasons."""
+    evidence = ", ".join(f"{n:,} by {source}" for source, n in sorted(summary["final_verdicts_by_evidence"].items()))
+    err.print(f"[bold]Judged sample set {escape(summary['sample_set_id'])}[/]: {summary['answers_checked']:,} answers "
+              f"checked; final verdicts {evidence or 'none'}"
+              + (f"; {summary['replays_not_judged']:,} replays not judged (transient errors or nothing to judge by)"
+                 if summary["replays_not_judged"] else ""))
+    judge = summary.get("judge")
+    if judge:
+        err.print(f"LLM judge {escape(judge['judge'])} ({escape(judge['spec'])}): {judge['calls']:,} calls this run "
+                  f"({judge['already_done']:,} before), {judge['error']:,} errors, {judge['unparsable']:,} without a "
+                  f"verdict, {_money(judge['cost_usd'])}, {_duration(judge['wall_seconds'])}; "
+                  f"{judge['verdicts']:,} pairs with both orders"
+                  + ("; [bold]stopped at --max-cost[/]" if judge["stopped_at_budget"] else ""))
+    table = Table(header_style="bold")
+    for column in ("template", "task", "candidate", "n", "pass", "95% interval", "decision", "spend", "top failures"):
+        table.add_column(column, justify="right" if column in ("n", "pass", "95% interval", "spend") else "left")
+    style = {"switch": "green", "keep": "red", "insufficient evidence": "yellow"}
+    for d in summary["decisions"]:
+        interval = "-" if d["ci_low"] is None else f"{d['ci_low']:.0%}–{d['ci_high']:.0%}"
+        failures = "; ".join(f"{f['reason']} ×{f['count']}" for f in d["top_failures"]) or "-"
+        table.add_row(escape(d["template_name"] or d["template_id"]), escape(d["task_type"] or "-"), escape(d["candidate"]),
+                      f"{d['judged']:,}", _share(d["pass_rate"]), interval,
+                      f"[{style[d['decision']]}]{d['decision']}[/]", _whole_money(d["template_spend_usd"]), escape(failures))
+    err.print(table)
+    if summary["decisions"]:
+        err.print(f"[dim]switch: the interval's lower bound ≥ {summary['decisions'][0]['threshold']:.0%}; keep: its upper "
+                  "bound below; otherwise insufficient evidence (replay more with a larger sample)[/]")
+    for m in summary["movable_spend"]:
+        if m["passing_share"] is None:
+            continue
+        err.print(f"{escape(m['candidate'])}: templates that switch hold {_share(m['switch_share'])} of all spend "
+                  f"({_whole_money(m['switch_spend_usd'])}); the spend whose requests pass is estimated at "
+                  f"{_share(m['passing_share'])} ({_share(m['passing_share_low'])}–{_share(m['passing_share_high'])}, 95%) "
+                  f"of all spend, tried on templates holding {_share(m['tried_spend_usd'] / m['total_spend_usd'] if m['total_spend_usd'] else None)}")
+
+
+def render_calibration(result: dict[str, Any]) -> None:
+    labels = result["human_labels"]
+    err.print(f"[bold]{escape(result['file'])}[/]: {result['pairs']:,} labelled pairs "
+              f"(humans preferred output 1 in {labels['output_1']:,}, output 2 in {labels['output_2']:,})")
+    table = Table(header_style="bold")
+    for column in ("method", "pairs", "decided", "accuracy (decided)", "tie rate", "Cohen's kappa"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for m in result["methods"]:
+        kappa = "-" if m["kappa"] is None else f"{m['kappa']:.2f}"
+        table.add_row(escape(m["method"]), f"{m['pairs']:,}", f"{m['decided']:,}", _share(m["accuracy"]),
+                      _share(m["tie_rate"]), kappa)
+    err.print(table)
+    err.print("[dim]kappa counts a tie as a disagreement: 0 is chance, 1 perfect agreement[/]")

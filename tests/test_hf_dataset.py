@@ -13,12 +13,12 @@ import pytest
 
 from audit.errors import InputError
 from audit.formats import IngestOptions
-from audit.formats.hf_dataset import HFDataset, _datasets
+from audit.formats.hf_dataset import HFDataset, offline_datasets
 from audit.ingest import detect_format, ingest, read_sample
 from audit.tokens import get_encoding
 from conftest import by_id, cookbook_count, rows
 
-datasets = _datasets()
+datasets = offline_datasets()
 
 CHATS = [
     {"id": "c1", "model": "gpt-4o", "created_at": datetime(2025, 4, 2, 9, 30), "source": "support",

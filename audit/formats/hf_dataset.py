@@ -65,7 +65,7 @@ _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".ndjson"
 _COMPRESSED = (".gz", ".zst", ".zstd", ".bz2", ".xz")
 
 
-def _datasets():
+def offline_datasets():
     """Import ``datasets`` offline, quiet (progress bars would garble our stderr)."""
     # Before the import: both libraries read these once, when imported.
     os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -111,7 +111,7 @@ def _split_name(state_file: Path) -> str | None:
 
 
 def _load(path: Path, role: str | None):
-    datasets = _datasets()
+    datasets = offline_datasets()
     try:
         if role == "state":
             return datasets.load_from_disk(str(path.parent))
