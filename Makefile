@@ -56,6 +56,7 @@ bench: install
 	$(PY) bench/templates.py
 	$(PY) bench/analyze.py
 	$(PY) bench/replay.py
+	$(PY) bench/report.py
 
 # Regenerate the committed sample export (deterministic: same bytes every time).
 sample-logs: install

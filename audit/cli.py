@@ -21,7 +21,7 @@ app = typer.Typer(
     name="audit",
     help=(
         "Audit what your company spends on LLM APIs, from your own request logs.\n\n"
-        "Typical run: `audit ingest LOGS...` then `audit spend`. Every command takes `--db PATH`.\n\n"
+        "Typical run: `audit run LOGS...` (ingest → analyze → sample → replay → judge → report), or each stage on its own. Every command takes `--db PATH`.\n\n"
         "Exit codes: 0 success; 1 a problem with input, options or the database (one line on stderr "
         "says what to do); 2 wrong usage; 3 an internal error (AUDIT_DEBUG=1 shows the traceback); "
         "130 interrupted."
@@ -32,11 +32,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-DbOption = Annotated[
-    Path,
-    typer.Option("--db", envvar="AUDIT_DB", help="The audit database file (DuckDB); created if missing."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+from audit.cli_options import DbOption, JsonOption  # noqa: E402
 
 
 @app.command()
@@ -284,20 +280,19 @@ def synth(
 
 
 # --------------------------------------------------------------------------- commands in their own modules
-# (each module holds the thin typer functions of one stage; one line here each)
+# (each module holds the thin typer functions of one stage; they import their options from cli_options)
+from audit.cli_exports import export_dataset, export_routing  # noqa: E402
 from audit.cli_judge import judge_app  # noqa: E402
+from audit.cli_report import report  # noqa: E402
+from audit.cli_review import review_app  # noqa: E402
+from audit.cli_run import run  # noqa: E402
 
 app.add_typer(judge_app, name="judge")
-from audit.cli_report import report as _report_command  # noqa: E402
-
-app.command(name="report")(_report_command)
-
-from audit.cli_exports import export_dataset as _export_dataset_command
-from audit.cli_exports import export_routing as _export_routing_command
-app.command(name="export-dataset")(_export_dataset_command)
-app.command(name="export-routing")(_export_routing_command)
-from audit.cli_review import review_app  # noqa: E402
 app.add_typer(review_app, name="review")
+app.command(name="report")(report)
+app.command(name="run")(run)
+app.command(name="export-routing")(export_routing)
+app.command(name="export-dataset")(export_dataset)
 
 
 def main() -> None:

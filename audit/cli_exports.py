@@ -12,24 +12,12 @@ from typing import Annotated, Optional
 import typer
 
 from audit import db as audit_db
-
-# Declared here rather than imported from audit.cli, which imports this module.
-DbOption = Annotated[
-    Path,
-    typer.Option("--db", envvar="AUDIT_DB", help="The audit database file (DuckDB)."),
-]
-SampleOption = Annotated[
-    Optional[str],
-    typer.Option("--sample", help="The sample set to export (e.g. n500-s7). Default: the latest drawn."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
+from audit.cli_options import ExistingDbOption as DbOption
+from audit.cli_options import JsonOption, SampleOption
 
 def _open(db: Path):
     """An existing database, migrated (one written before the verdict tables existed gets them, empty)."""
-    if not db.exists():
-        return audit_db.connect(db, read_only=True)  # the one-line "no audit database" error
-    return audit_db.connect(db)
+    return audit_db.connect(db, must_exist=True)
 
 
 def export_dataset(

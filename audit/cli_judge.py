@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from audit import db as audit_db
-from audit.cli import DbOption, JsonOption
+from audit.cli_options import DbOption, JsonOption
 
 judge_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, rich_markup_mode="markdown")
 

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from audit import db as audit_db
-from audit.errors import DatabaseError
+from audit.cli_options import ExistingDbOption as DbOption
+from audit.cli_options import JsonOption
 
 review_app = typer.Typer(
     help="Blind human review: export a page where people pick the better answer (1-4 keys), import their verdicts.",
@@ -22,19 +23,9 @@ review_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-# Defined here rather than imported from audit.cli, which imports this module.
-DbOption = Annotated[
-    Path,
-    typer.Option("--db", envvar="AUDIT_DB", help="The audit database file (DuckDB) that `audit replay` wrote."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
 def _existing_db(path: Path):
     """Review needs replays, so a missing database is a mistake, not something to create."""
-    if not path.exists():
-        raise DatabaseError(f"no audit database at {path}", "pass the --db that `audit replay` used")
-    return audit_db.connect(path)
+    return audit_db.connect(path, must_exist=True)
 
 
 @review_app.command("export")

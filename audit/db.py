@@ -70,10 +70,10 @@ CREATE OR REPLACE TEMP MACRO audit_provider_for(m) AS
 DEFAULT_MEMORY_LIMIT = "3GB"
 
 
-def connect(path: str | Path = DEFAULT_DB, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) and migrate the audit database at ``path``."""
+def connect(path: str | Path = DEFAULT_DB, *, read_only: bool = False, must_exist: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed, unless ``must_exist`` or ``read_only``) and migrate the audit database at ``path``."""
     path = Path(path)
-    if read_only and not path.exists():
+    if (read_only or must_exist) and not path.exists():
         raise DatabaseError(
             f"no audit database at {path}", "run `audit ingest` first or pass --db PATH"
         )

@@ -374,6 +374,36 @@ class Budget:
         self.spent += cost or 0.0
 
 
+def prepare_items(engine: Engine, items: Sequence[ReplayItem],
+                  on_unfit: Callable[[ReplayResult], None]) -> list[ReplayItem]:
+    """Each item fitted to the engine's context window; one that cannot fit becomes a final error, handed
+    to ``on_unfit`` at once (never sent)."""
+    ready = []
+    for item in items:
+        prepared = engine.prepare(item)
+        if isinstance(prepared, ReplayResult):
+            on_unfit(prepared)
+        else:
+            ready.append(prepared)
+    return ready
+
+
+class Admitted:
+    """The items an engine may send, in order: each only while the budget holds its worst case (paid
+    prices); at the first that does not fit, the rest stay pending and ``stopped_at_budget`` is set."""
+
+    def __init__(self, items: list[ReplayItem], price: CandidatePrice, budget: Budget) -> None:
+        self.items, self.price, self.budget = items, price, budget
+        self.stopped_at_budget = False
+
+    def __iter__(self):
+        for item in self.items:
+            if self.price.paid_per_token and not self.budget.admit(item.request_id, worst_case_cost(self.price, item)):
+                self.stopped_at_budget = True
+                return
+            yield item
+
+
 def _run_candidate(con: duckdb.DuckDBPyConnection, set_id: str, candidate_plan: CandidatePlan, budget: Budget,
                    engine_factory: EngineFactory, report: Callable[[ReplayProgress], None]) -> int:
     candidate, price = candidate_plan.candidate, candidate_plan.price
@@ -422,29 +452,14 @@ def _run_candidate(con: duckdb.DuckDBPyConnection, set_id: str, candidate_plan: 
                 rate = (counters.prompt_tokens + counters.output_tokens) / wall if wall > 0 else None
                 report(ReplayProgress(candidate.name, "running", done, total, counters.ok, counters.errors, rate, budget.spent))
 
-            # Fit each conversation to the context window first: what cannot fit is a final error, stored now.
-            ready: list[ReplayItem] = []
-            for item in candidate_plan.items:
-                prepared = engine.prepare(item)
-                if isinstance(prepared, ReplayResult):
-                    store(prepared, item)
-                else:
-                    ready.append(prepared)
-            by_id = {item.request_id: item for item in ready}
-            stopped_at_budget = False
-
-            def admitted():
-                nonlocal stopped_at_budget
-                for item in ready:
-                    if price.paid_per_token and not budget.admit(item.request_id, worst_case_cost(price, item)):
-                        stopped_at_budget = True
-                        return
-                    yield item
-
+            originals = {item.request_id: item for item in candidate_plan.items}
+            admitted = Admitted(prepare_items(engine, candidate_plan.items, lambda r: store(r, originals[r.request_id])),
+                                price, budget)
+            by_id = {item.request_id: item for item in admitted.items}
             report(ReplayProgress(candidate.name, "running", done, total, spent_usd=budget.spent))
             started = time.monotonic()
-            engine.run(admitted(), lambda result: store(result, by_id[result.request_id]))
-            status = "stopped_at_budget" if stopped_at_budget else "finished"
+            engine.run(admitted, lambda result: store(result, by_id[result.request_id]))
+            status = "stopped_at_budget" if admitted.stopped_at_budget else "finished"
         finally:
             engine.close()
     except KeyboardInterrupt:

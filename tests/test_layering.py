@@ -17,7 +17,8 @@ class Block:
         if name.split('.')[0] in ('typer', 'rich', 'click'):
             raise ImportError('UI package imported by the core: ' + name)
 sys.meta_path.insert(0, Block())
-from audit import db, ingest, spend, tokens, errors, migrations, formats, analyze, pricing, templates, tasks, sample, findings, replay, judge, exports, review
+from audit import db, ingest, spend, tokens, errors, migrations, formats, analyze, pricing, templates, tasks, sample, findings, replay, judge, exports, review, run, report, redact
+import audit.report.render, audit.report.charts, audit.report.projection
 import audit.judge.checks, audit.judge.decisions, audit.judge.llm_judge, audit.judge.calibrate
 con = db.connect({str(tmp_path / 'a.duckdb')!r})
 ingest.ingest(con, [{str(FIXTURES / 'openai_chat_pairs.jsonl')!r}])

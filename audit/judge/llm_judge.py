@@ -35,7 +35,7 @@ from audit.backends import Candidate, Engine, ReplayItem, ReplayResult, TRANSIEN
 from audit.db import fetch_dicts
 from audit.errors import ConfigError
 from audit.pricing import PriceBook, reference_day
-from audit.replay import Budget, CandidatePrice, price_candidate, worst_case_cost
+from audit.replay import Admitted, Budget, CandidatePrice, prepare_items, price_candidate, worst_case_cost
 
 JUDGE_MAX_TOKENS = 96             # a verdict line and one sentence
 EXPECTED_JUDGE_OUTPUT_TOKENS = 40
@@ -228,23 +228,9 @@ def run_judge(con: duckdb.DuckDBPyConnection, set_id: str, plan: JudgePlan, *, m
     started = time.monotonic()
     engine = engine_factory(judge)
     try:
-        ready = []
-        for item in plan.items:
-            prepared = engine.prepare(item)
-            if isinstance(prepared, ReplayResult):
-                store(prepared)
-            else:
-                ready.append(prepared)
-
-        def admitted():
-            nonlocal stopped_at_budget
-            for item in ready:
-                if price.paid_per_token and not budget.admit(item.request_id, worst_case_cost(price, item)):
-                    stopped_at_budget = True
-                    return
-                yield item
-
-        engine.run(admitted(), store)
+        admitted = Admitted(prepare_items(engine, plan.items, store), price, budget)
+        engine.run(admitted, store)
+        stopped_at_budget = admitted.stopped_at_budget
     finally:
         engine.close()
     wall = time.monotonic() - started
