@@ -154,12 +154,12 @@ def independent_headline(con) -> dict[str, float]:
                FROM decisions d JOIN ratios r USING (template_id, candidate)
                WHERE d.sample_set_id = ? AND r.ratio < 1 GROUP BY ALL),
            untried AS (
-               SELECT template_id, sum(stacked_savings_low_monthly_usd) AS low, sum(stacked_savings_high_monthly_usd) AS high
+               SELECT template_id, sum(stacked_savings_high_monthly_usd) AS high
                FROM findings WHERE status = 'found' AND kind = 'overpowered_model'
                  AND template_id NOT IN (SELECT template_id FROM decisions WHERE sample_set_id = ?)
                GROUP BY ALL)
            SELECT (SELECT coalesce(sum(l.left_low * (1 - b.low_ratio)), 0) FROM best b JOIN spend_left l USING (template_id)
-                   WHERE b.low_ratio IS NOT NULL) + (SELECT coalesce(sum(low), 0) FROM untried),
+                   WHERE b.low_ratio IS NOT NULL),  -- untried templates: in the high end only
                   (SELECT coalesce(sum(l.left_high * (1 - b.high_ratio)), 0) FROM best b JOIN spend_left l USING (template_id)
                    WHERE b.high_ratio IS NOT NULL) + (SELECT coalesce(sum(high), 0) FROM untried)""",
         [SET, SET, SET]).fetchall()[0]
@@ -201,6 +201,7 @@ def test_model_moves_pick_the_cheapest_passing_candidate_once(judged_db):
     # Never judged: analyze's over-powered-model estimate, labelled as not yet tried.
     extractor = moves["order-issue-extractor"]
     assert extractor["basis"] == "not yet tried" and extractor["low"]["candidate"] is None
+    assert extractor["low"]["savings_monthly_usd"] == 0 and extractor["high"]["savings_monthly_usd"] > 0  # untried: high end only
 
 
 # --------------------------------------------------------------------------- (b) golden numbers

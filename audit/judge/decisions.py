@@ -22,12 +22,13 @@ never a confident switch.
 Spend that can move (``movable_spend``), per candidate, as a share of the
 whole ledger's spend (scaled by the sampled fraction):
 - ``switch_share``: the spend of the templates whose decision is ``switch``;
-- ``passing_share`` with a 95% interval: the cost-weighted share of spend
-  whose requests pass, estimated per template (stratum) by the ratio
-  Σ cost·pass / Σ cost over its judged sample and combined with the
-  templates' spend as weights (a stratified ratio estimator; its variance by
-  linearisation, without finite-population correction, which only widens
-  it). Templates not tried count as spend that does not move.
+- ``passing_share`` with a 95% interval: the share of spend whose requests
+  pass, estimated per template (stratum) as its pass rate × its spend and
+  summed over the templates tried. The interval sums each template's 95%
+  Wilson bounds the same way: conservative (every template at its bound at
+  once), but honest with 3 samples a template, where a variance estimated
+  from the sample would be zero for 3/3 or 0/3. Templates not tried count as
+  spend that does not move.
 """
 
 from __future__ import annotations
@@ -184,43 +185,33 @@ def write_movable_spend(con: duckdb.DuckDBPyConnection, set_id: str) -> list[dic
     total = con.execute("""SELECT sum(c.cost_usd / r.sampled_fraction) FROM request_costs c JOIN requests r USING (request_id)
                            WHERE c.priced""").fetchall()[0][0] or 0.0
     judged = fetch_dicts(con, """
-        SELECT v.candidate, s.template_id, v.passed, c.cost_usd
+        SELECT v.candidate, s.template_id, count(*) AS n, count(*) FILTER (WHERE v.passed) AS passed
         FROM verdicts v JOIN samples s ON s.sample_set_id = v.sample_set_id AND s.request_id = v.request_id
-        JOIN request_costs c ON c.request_id = v.request_id
-        WHERE v.sample_set_id = ? AND v.source = 'final' AND c.priced""", [set_id])
+        WHERE v.sample_set_id = ? AND v.source = 'final' GROUP BY ALL ORDER BY ALL""", [set_id])
     switch_spend = dict(con.execute("""
         SELECT candidate, sum(template_spend_usd) FROM decisions
         WHERE sample_set_id = ? AND decision = 'switch' GROUP BY candidate""", [set_id]).fetchall())
     template_spend = dict(con.execute("SELECT template_id, coalesce(spend_usd, 0) FROM templates").fetchall())
-    strata: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    by_candidate: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in judged:
-        strata[row["candidate"]][row["template_id"]].append((float(row["cost_usd"] or 0.0), 1.0 if row["passed"] else 0.0))
+        by_candidate[row["candidate"]].append(row)
     rows = []
-    for candidate in sorted(strata):
-        estimate, variance, tried_spend = 0.0, 0.0, 0.0
-        for template_id, pairs in strata[candidate].items():
-            weight = template_spend.get(template_id, 0.0)
-            cost = sum(c for c, _ in pairs)
-            n = len(pairs)
-            if cost <= 0 or weight <= 0:
-                continue
-            ratio = sum(c * y for c, y in pairs) / cost
-            if n > 1:
-                stratum_variance = n / (n - 1) * sum((c * (y - ratio)) ** 2 for c, y in pairs) / cost ** 2
-            else:
-                stratum_variance = 0.25  # one request says nothing about the spread: the largest a share can have
-            estimate += weight * ratio
-            variance += weight ** 2 * stratum_variance
-            tried_spend += weight
-        share = estimate / total if total else None
-        half = Z_95 * math.sqrt(variance) / total if total else None
+    for candidate in sorted(by_candidate):
+        estimate = low = high = tried = 0.0
+        for stratum in by_candidate[candidate]:
+            spend = template_spend.get(stratum["template_id"], 0.0)
+            lo, hi = wilson_interval(stratum["passed"], stratum["n"])
+            estimate += spend * stratum["passed"] / stratum["n"]
+            low += spend * lo
+            high += spend * hi
+            tried += spend
         rows.append({
-            "candidate": candidate, "total_spend_usd": total, "tried_spend_usd": tried_spend,
+            "candidate": candidate, "total_spend_usd": total, "tried_spend_usd": tried,
             "switch_spend_usd": switch_spend.get(candidate, 0.0),
-            "switch_share": (switch_spend.get(candidate, 0.0) / total) if total else None,
-            "passing_share": share,
-            "passing_share_low": max(0.0, share - half) if share is not None else None,
-            "passing_share_high": min(tried_spend / total, share + half) if share is not None else None,
+            "switch_share": switch_spend.get(candidate, 0.0) / total if total else None,
+            "passing_share": estimate / total if total else None,
+            "passing_share_low": low / total if total else None,
+            "passing_share_high": high / total if total else None,
         })
     con.execute("DELETE FROM movable_spend WHERE sample_set_id = ?", [set_id])
     if rows:

@@ -32,7 +32,8 @@ once with every step at its low estimate and once at its high one.
   ``insufficient evidence`` ones whose point pass rate is at or above the
   threshold (labelled as such). A template the trials say nothing about (no
   trial, or only inconclusive ones below the bar) falls back to analyze's
-  ``overpowered_model`` finding, labelled "not yet tried". A template the
+  ``overpowered_model`` finding, labelled "not yet tried" or "tried,
+  inconclusive", in the high end only: the low end is what a trial passed. A template the
   trials decided ``keep`` for every candidate has no model move.
 - The bill becomes today's monthly spend minus the high savings (best case)
   up to minus the low savings.
@@ -419,7 +420,8 @@ def _model_moves(con: duckdb.DuckDBPyConnection, set_id: str | None,
         elif template_id in overpowered:
             low, high, models = overpowered[template_id]
             move["basis"] = "not yet tried" if not rows else "tried, inconclusive"
-            move["low"] = {"candidate": None, "savings_monthly_usd": low, "label": move["basis"]}
+            # Not backed by a trial that passed: only the high end may count on it.
+            move["low"] = {"candidate": None, "savings_monthly_usd": 0.0, "label": move["basis"]}
             move["high"] = {"candidate": None, "savings_monthly_usd": high, "label": move["basis"]}
             move["from_models"] = models
         else:
