@@ -24,6 +24,7 @@ def report(
     revenue_growth: Annotated[float, typer.Option("--revenue-growth", help="Revenue growth in % per month for the projection (default: flat).")] = 0.0,
     no_redact: Annotated[bool, typer.Option("--no-redact", help="Show example texts as logged: e-mails, phone numbers, card numbers and keys are NOT masked.")] = False,
     pdf: Annotated[bool, typer.Option("--pdf", help="Also print a PDF next to the HTML with headless Chromium.")] = False,
+    routing_out: Annotated[Optional[Path], typer.Option("--routing-out", help="Where to write the routing plan (LiteLLM config). Default: routing.yaml next to the report.")] = None,
     sample: Annotated[Optional[str], typer.Option("--sample", help="The sample set whose trials to report (e.g. n500-s7). Default: the one decided (or replayed, or drawn) last.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the report's figures as JSON on stdout instead of writing HTML.")] = False,
 ) -> None:
@@ -53,5 +54,14 @@ def report(
         f"per month; the bill becomes ${h['bill_after_low_usd']:,.0f}–${h['bill_after_high_usd']:,.0f}"
         + ("" if not no_redact else " [yellow](examples NOT redacted)[/]"))
     console.out.print(str(path), markup=False)
+    # The routing plan goes with the report; it needs replays (the trials it routes by).
+    from audit.errors import AuditError
+    from audit.exports import write_routing_plan
+
+    try:
+        routing = write_routing_plan(con, routing_out or path.parent / "routing.yaml", sample_set_id=data["meta"]["sample_set_id"])
+        console.err.print(f"routing plan: {routing['path']}")
+    except AuditError as error:
+        console.err.print(f"[dim]routing plan not written: {error.one_line()}[/]")
     if pdf:
         console.out.print(str(print_pdf(path)), markup=False)

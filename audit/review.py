@@ -6,7 +6,9 @@ draw rank), ``replays`` (the candidates' answers, ``status = 'ok'`` only),
 ``response_text``), ``templates`` (name and task type, shown as context) and
 ``verdicts`` (sources ``check`` and ``judge``, to measure agreement).
 Writes: ``review_items`` (export), ``reviews`` and ``verdicts`` with
-``source = 'human'`` (import).
+``source = 'human'`` (import); on import, a judged sample set's final
+verdicts, ``decisions`` and ``movable_spend`` are recomputed
+(``audit.judge.decisions.refresh_decisions``).
 
 Export
 ------
@@ -48,8 +50,8 @@ them the same pair); ``passed`` is the majority of votes (a vote passes when
 the candidate was better or both were fine), NULL on a tie ("could not be
 judged": the automatic evidence decides); ``score`` is the share of votes
 that passed (1.0 or 0.0 for a single reviewer); ``gating`` is true;
-``reason`` names reviewers and outcomes. The decisions (``audit judge``) let
-these rows override the automatic ones.
+``reason`` names reviewers and outcomes. In the decisions these rows
+override the automatic ones (recomputed on import).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ import duckdb
 from audit.backends import replay_messages
 from audit.db import fetch_dicts
 from audit.errors import AuditError, ConfigError, InputError
-from audit.judge.decisions import cohen_kappa
+from audit.judge.decisions import cohen_kappa, refresh_decisions
 
 CHOICES = ("A", "B", "both_fine", "both_bad")
 OUTCOMES = ("candidate_better", "original_better", "both_fine", "both_bad")
@@ -447,6 +449,8 @@ def import_review(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, Any]:
         con.unregister("review_download")
     for row in per_candidate:
         row["pass_rate"] = row["passed"] / row["reviewed"]
+    # Human verdicts override the automatic ones: the decisions of a judged sample set follow at once.
+    redecided = {set_id: len(refresh_decisions(con, set_id)) for set_id in set_ids}
     return {
         "file": str(path),
         "export_ids": sorted({v["export_id"] for v in verdicts}),
@@ -456,6 +460,7 @@ def import_review(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, Any]:
         "replaced": replaced,
         "per_candidate": per_candidate,
         "agreement": [row for set_id in set_ids for row in human_agreement(con, set_id)],
+        "decisions_recomputed": redecided,
     }
 
 

@@ -274,3 +274,24 @@ def test_calibrate_checks_and_a_judge_on_real_labels(tmp_path, embedder):
     calibrate(con, path, judge_spec="j=fake:judge?input_price=0&output_price=0", limit=20, embedder=embedder,
               engine_factory=lambda c: again)
     assert again.calls == 0
+
+
+def test_review_import_overrides_and_recomputes_decisions(sampled_db, embedder, tmp_path):
+    from audit.review import export_review, import_review
+
+    con = replayed(sampled_db, per_template=1)
+    judge(con, embedder=embedder)
+    assert all(r["evidence"].startswith(("check", "replay")) for r in rows(con, "SELECT * FROM decisions"))
+    export = export_review(con, out=tmp_path / "review.html")
+    items = rows(con, "SELECT item_id FROM review_items WHERE export_id = ?", [export["export_id"]])
+    download = tmp_path / "verdicts.json"
+    download.write_text(json.dumps({"export_id": export["export_id"], "reviewer": "ann",
+                                    "verdicts": [{"item_id": i["item_id"], "choice": "both_fine",
+                                                  "reviewed_at": "2026-12-04T10:00:00Z"} for i in items]}))
+    summary = import_review(con, download)
+    assert summary["decisions_recomputed"] == {"n500-s7": len(rows(con, "SELECT * FROM decisions"))}
+    # Every reviewed answer is now decided by the human, and passes.
+    finals = rows(con, "SELECT * FROM verdicts WHERE source = 'final'")
+    reviewed = {r["request_id"] for r in rows(con, "SELECT request_id FROM reviews")}
+    assert reviewed and all(f["reason"] == "human" and f["passed"] for f in finals if f["request_id"] in reviewed)
+    assert all("human" in d["evidence"] for d in rows(con, "SELECT * FROM decisions"))

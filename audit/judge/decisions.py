@@ -220,3 +220,15 @@ def write_movable_spend(con: duckdb.DuckDBPyConnection, set_id: str) -> list[dic
                           r["switch_share"], r["passing_share"], r["passing_share_low"], r["passing_share_high"]]
                          for r in rows])
     return rows
+
+
+def refresh_decisions(con: duckdb.DuckDBPyConnection, set_id: str) -> list[dict[str, Any]]:
+    """Recompute the final verdicts, decisions and movable spend of a judged sample set from the verdicts
+    stored now (after human reviews came in), at the threshold it was judged with. [] when never judged."""
+    threshold = con.execute("SELECT max(threshold) FROM decisions WHERE sample_set_id = ?", [set_id]).fetchall()[0][0]
+    if threshold is None:
+        return []
+    write_final_verdicts(con, set_id)
+    decisions = write_decisions(con, set_id, threshold)
+    write_movable_spend(con, set_id)
+    return decisions
