@@ -188,7 +188,7 @@ def plan_judge(con: duckdb.DuckDBPyConnection, set_id: str, judge: Candidate, pa
     if price.paid_per_token:
         expected = sum(price.cost(i.expected_input_tokens, i.expected_output_tokens) or 0.0 for i in items)
         worst = sum(worst_case_cost(price, i) for i in items)
-    already = sum(1 for _ in done)
+    already = len(done)
     return JudgePlan(judge, price, items, already, expected, worst)
 
 
