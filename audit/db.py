@@ -7,6 +7,9 @@ written once, in SQL, and runs vectorised inside DuckDB.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import os
 from pathlib import Path
 from typing import Any
@@ -129,3 +132,15 @@ def sql_string(value: str) -> str:
 def sql_identifier(name: str) -> str:
     """A quoted SQL identifier (column names from user files)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All of the block's writes, or none of them (rolled back on any exception, Ctrl-C included)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

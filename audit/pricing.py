@@ -61,7 +61,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from audit.db import fetch_dicts
+from audit.db import fetch_dicts, transaction
 from audit.errors import ConfigError
 
 DEFAULT_PRICE_FILE = "audit.toml"
@@ -591,70 +591,66 @@ def price_requests(con: duckdb.DuckDBPyConnection, book: PriceBook) -> dict[str,
     prices = _price_table(con, book, day)
     con.register("audit_price_table", prices)
     try:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM request_costs")
-        con.execute(
-            """
-            INSERT INTO request_costs
-            WITH r AS (
-                SELECT request_id, provider, model_logged, model, service_tier, status, is_batch,
-                       coalesce(started_at::DATE, ?::DATE) AS day,
-                       -- minute of the day (UTC) for off-peak prices; undated calls at noon
-                       coalesce(hour(started_at) * 60 + minute(started_at), 720) AS tod,
-                       input_tokens IS NULL AND output_tokens IS NULL AS no_tokens,
-                       coalesce(input_tokens, 0) AS input_all,
-                       greatest(coalesce(input_tokens, 0) - coalesce(cached_input_tokens, 0)
-                                - coalesce(cache_write_tokens, 0), 0) AS uncached,
-                       coalesce(cached_input_tokens, 0) AS cached,
-                       coalesce(cache_write_tokens, 0) AS written,
-                       coalesce(output_tokens, 0) AS output
-                FROM requests
-            ), j AS (
-                SELECT r.*, p.*,
-                       CASE
-                           WHEN r.no_tokens AND r.status = 'error' THEN NULL   -- failed, nothing billed
-                           WHEN r.no_tokens THEN 'no token counts logged or counted'
-                           WHEN NOT p.priced THEN p.unpriced_reason
-                           WHEN p.p_input IS NULL AND r.input_all > 0
-                               THEN 'the catalog has no input price for ''' || p.price_model || ''''
-                           WHEN p.p_output IS NULL AND r.output > 0
-                               THEN 'the catalog has no output price for ''' || p.price_model || ''''
-                       END AS reason,
-                       CASE WHEN r.is_batch THEN coalesce(p.batch_discount, 0) ELSE 0 END AS discount,
-                       r.no_tokens AND r.status = 'error' AS failed_unbilled
-                FROM r JOIN audit_price_table p
-                  ON p.provider IS NOT DISTINCT FROM r.provider
-                 AND p.model_logged IS NOT DISTINCT FROM r.model_logged
-                 AND p.model IS NOT DISTINCT FROM r.model
-                 AND p.service_tier IS NOT DISTINCT FROM r.service_tier
-                 AND p.day = r.day
-                 AND r.tod >= p.tod_lo AND r.tod < p.tod_hi
-                 AND r.input_all > p.tok_lo AND r.input_all <= p.tok_hi
-            ), c AS (
-                SELECT j.*, reason IS NULL AS ok,
-                       CASE WHEN failed_unbilled THEN 0 ELSE uncached * p_input / 1e6 * (1 - discount) END AS c_input,
-                       CASE WHEN failed_unbilled THEN 0 ELSE cached * p_cached / 1e6 * (1 - discount) END AS c_cached,
-                       CASE WHEN failed_unbilled THEN 0 ELSE written * p_write / 1e6 * (1 - discount) END AS c_write,
-                       CASE WHEN failed_unbilled THEN 0
-                            ELSE output * coalesce(p_output, 0) / 1e6 * (1 - discount) END AS c_output
-                FROM j
+        with transaction(con):
+            con.execute("DELETE FROM request_costs")
+            con.execute(
+                """
+                INSERT INTO request_costs
+                WITH r AS (
+                    SELECT request_id, provider, model_logged, model, service_tier, status, is_batch,
+                           coalesce(started_at::DATE, ?::DATE) AS day,
+                           -- minute of the day (UTC) for off-peak prices; undated calls at noon
+                           coalesce(hour(started_at) * 60 + minute(started_at), 720) AS tod,
+                           input_tokens IS NULL AND output_tokens IS NULL AS no_tokens,
+                           coalesce(input_tokens, 0) AS input_all,
+                           greatest(coalesce(input_tokens, 0) - coalesce(cached_input_tokens, 0)
+                                    - coalesce(cache_write_tokens, 0), 0) AS uncached,
+                           coalesce(cached_input_tokens, 0) AS cached,
+                           coalesce(cache_write_tokens, 0) AS written,
+                           coalesce(output_tokens, 0) AS output
+                    FROM requests
+                ), j AS (
+                    SELECT r.*, p.*,
+                           CASE
+                               WHEN r.no_tokens AND r.status = 'error' THEN NULL   -- failed, nothing billed
+                               WHEN r.no_tokens THEN 'no token counts logged or counted'
+                               WHEN NOT p.priced THEN p.unpriced_reason
+                               WHEN p.p_input IS NULL AND r.input_all > 0
+                                   THEN 'the catalog has no input price for ''' || p.price_model || ''''
+                               WHEN p.p_output IS NULL AND r.output > 0
+                                   THEN 'the catalog has no output price for ''' || p.price_model || ''''
+                           END AS reason,
+                           CASE WHEN r.is_batch THEN coalesce(p.batch_discount, 0) ELSE 0 END AS discount,
+                           r.no_tokens AND r.status = 'error' AS failed_unbilled
+                    FROM r JOIN audit_price_table p
+                      ON p.provider IS NOT DISTINCT FROM r.provider
+                     AND p.model_logged IS NOT DISTINCT FROM r.model_logged
+                     AND p.model IS NOT DISTINCT FROM r.model
+                     AND p.service_tier IS NOT DISTINCT FROM r.service_tier
+                     AND p.day = r.day
+                     AND r.tod >= p.tod_lo AND r.tod < p.tod_hi
+                     AND r.input_all > p.tok_lo AND r.input_all <= p.tok_hi
+                ), c AS (
+                    SELECT j.*, reason IS NULL AS ok,
+                           CASE WHEN failed_unbilled THEN 0 ELSE uncached * p_input / 1e6 * (1 - discount) END AS c_input,
+                           CASE WHEN failed_unbilled THEN 0 ELSE cached * p_cached / 1e6 * (1 - discount) END AS c_cached,
+                           CASE WHEN failed_unbilled THEN 0 ELSE written * p_write / 1e6 * (1 - discount) END AS c_write,
+                           CASE WHEN failed_unbilled THEN 0
+                                ELSE output * coalesce(p_output, 0) / 1e6 * (1 - discount) END AS c_output
+                    FROM j
+                )
+                SELECT request_id, ok,
+                       CASE WHEN ok THEN c_input + c_cached + c_write + c_output END,
+                       CASE WHEN ok THEN c_input END, CASE WHEN ok THEN c_cached END,
+                       CASE WHEN ok THEN c_write END, CASE WHEN ok THEN c_output END,
+                       discount,
+                       CASE WHEN priced THEN price_provider END, CASE WHEN priced THEN price_model END,
+                       CASE WHEN priced THEN price_valid_from END, CASE WHEN priced THEN price_source END,
+                       reason
+                FROM c
+                """,
+                [day],
             )
-            SELECT request_id, ok,
-                   CASE WHEN ok THEN c_input + c_cached + c_write + c_output END,
-                   CASE WHEN ok THEN c_input END, CASE WHEN ok THEN c_cached END,
-                   CASE WHEN ok THEN c_write END, CASE WHEN ok THEN c_output END,
-                   discount,
-                   CASE WHEN priced THEN price_provider END, CASE WHEN priced THEN price_model END,
-                   CASE WHEN priced THEN price_valid_from END, CASE WHEN priced THEN price_source END,
-                   reason
-            FROM c
-            """,
-            [day],
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
         con.unregister("audit_price_table")
     return pricing_summary(con)

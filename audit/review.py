@@ -70,7 +70,7 @@ from typing import Any
 import duckdb
 
 from audit.backends import replay_messages
-from audit.db import fetch_dicts
+from audit.db import fetch_dicts, transaction
 from audit.errors import AuditError, ConfigError, InputError
 from audit.judge.decisions import cohen_kappa, refresh_decisions
 
@@ -226,17 +226,12 @@ def export_review(con: duckdb.DuckDBPyConnection, *, out: Path | None = None, sa
         raise ConfigError(f"the folder for the review page {out} does not exist", "create it or pass another --out")
     page = render_page({"export_id": export_id, "sample_set_id": set_id, "conversations": conversations, "items": items})
 
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.executemany("INSERT INTO review_items VALUES (?, ?, ?, ?, ?, ?, ?, ?)", review_items)
         # Written inside the transaction: a page whose items are not stored would be un-importable.
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(out)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     per_candidate = Counter(r["candidate"] for r in rows)
     return {"export_id": export_id, "path": str(out), "sample_set_id": set_id, "items": len(rows),
             "per_candidate": dict(sorted(per_candidate.items())), "templates": len({r["template_id"] for r in rows}),
@@ -412,39 +407,35 @@ def import_review(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, Any]:
     })
     now = _utc_now()
     con.register("review_download", staged)
-    con.execute("BEGIN TRANSACTION")
     try:
-        replaced = con.execute("""
-            SELECT count(*) FROM reviews r JOIN review_download d USING (export_id, item_id, reviewer)""").fetchall()[0][0]
-        con.execute("""
-            DELETE FROM reviews WHERE (export_id, item_id, reviewer) IN
-                (SELECT (export_id, item_id, reviewer) FROM review_download)""")
-        con.execute(f"""
-            INSERT INTO reviews
-            SELECT v.export_id, v.item_id, i.sample_set_id, i.request_id, i.candidate, v.reviewer, v.choice,
-                   {_OUTCOME_SQL} AS outcome,
-                   ({_OUTCOME_SQL}) IN ('candidate_better', 'both_fine') AS passed,
-                   v.reviewed_at, ?, ?
-            FROM review_download v JOIN review_items i USING (export_id, item_id)""", [str(path.resolve()), now])
-        set_ids = [r[0] for r in con.execute("""
-            SELECT DISTINCT i.sample_set_id FROM review_download v JOIN review_items i USING (export_id, item_id)
-            ORDER BY 1""").fetchall()]
-        _rewrite_human_verdicts(con, set_ids, now)
-        per_candidate = fetch_dicts(con, """
-            SELECT i.candidate, count(*) AS reviewed,
-                   count(*) FILTER (WHERE r.outcome = 'candidate_better') AS candidate_better,
-                   count(*) FILTER (WHERE r.outcome = 'original_better') AS original_better,
-                   count(*) FILTER (WHERE r.outcome = 'both_fine') AS both_fine,
-                   count(*) FILTER (WHERE r.outcome = 'both_bad') AS both_bad,
-                   count(*) FILTER (WHERE r.passed) AS passed
-            FROM review_download v
-            JOIN review_items i USING (export_id, item_id)
-            JOIN reviews r USING (export_id, item_id, reviewer)
-            GROUP BY i.candidate ORDER BY i.candidate""")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            replaced = con.execute("""
+                SELECT count(*) FROM reviews r JOIN review_download d USING (export_id, item_id, reviewer)""").fetchall()[0][0]
+            con.execute("""
+                DELETE FROM reviews WHERE (export_id, item_id, reviewer) IN
+                    (SELECT (export_id, item_id, reviewer) FROM review_download)""")
+            con.execute(f"""
+                INSERT INTO reviews
+                SELECT v.export_id, v.item_id, i.sample_set_id, i.request_id, i.candidate, v.reviewer, v.choice,
+                       {_OUTCOME_SQL} AS outcome,
+                       ({_OUTCOME_SQL}) IN ('candidate_better', 'both_fine') AS passed,
+                       v.reviewed_at, ?, ?
+                FROM review_download v JOIN review_items i USING (export_id, item_id)""", [str(path.resolve()), now])
+            set_ids = [r[0] for r in con.execute("""
+                SELECT DISTINCT i.sample_set_id FROM review_download v JOIN review_items i USING (export_id, item_id)
+                ORDER BY 1""").fetchall()]
+            _rewrite_human_verdicts(con, set_ids, now)
+            per_candidate = fetch_dicts(con, """
+                SELECT i.candidate, count(*) AS reviewed,
+                       count(*) FILTER (WHERE r.outcome = 'candidate_better') AS candidate_better,
+                       count(*) FILTER (WHERE r.outcome = 'original_better') AS original_better,
+                       count(*) FILTER (WHERE r.outcome = 'both_fine') AS both_fine,
+                       count(*) FILTER (WHERE r.outcome = 'both_bad') AS both_bad,
+                       count(*) FILTER (WHERE r.passed) AS passed
+                FROM review_download v
+                JOIN review_items i USING (export_id, item_id)
+                JOIN reviews r USING (export_id, item_id, reviewer)
+                GROUP BY i.candidate ORDER BY i.candidate""")
     finally:
         con.unregister("review_download")
     for row in per_candidate:

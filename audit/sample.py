@@ -90,7 +90,7 @@ from typing import Any
 
 import duckdb
 
-from audit.db import fetch_dicts, sql_string
+from audit.db import fetch_dicts, sql_string, transaction
 from audit.errors import AuditError, ConfigError
 
 DEFAULT_N = 500
@@ -279,8 +279,7 @@ def draw_sample(
 
 def _write(con: duckdb.DuckDBPyConnection, set_id: str, *, n: int, seed: int, min_per_template: int) -> None:
     """Replace the sample set's rows in ``samples``, ``sample_exclusions`` and ``sample_sets``, in one transaction."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for table in ("samples", "sample_exclusions", "sample_sets"):
             con.execute(f"DELETE FROM {table} WHERE sample_set_id = ?", [set_id])
         con.execute(
@@ -308,10 +307,6 @@ def _write(con: duckdb.DuckDBPyConnection, set_id: str, *, n: int, seed: int, mi
                FROM _sample_pool""",
             [set_id, n, seed, min_per_template, METHOD, set_id, set_id],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 # --------------------------------------------------------------------------- the plan

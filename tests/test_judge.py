@@ -274,6 +274,7 @@ def test_calibrate_checks_and_a_judge_on_real_labels(tmp_path, embedder):
     calibrate(con, path, judge_spec="j=fake:judge?input_price=0&output_price=0", limit=20, embedder=embedder,
               engine_factory=lambda c: again)
     assert again.calls == 0
+    assert len(rows(con, "SELECT * FROM judge_calibrations")) == 2      # replaced, not appended
 
 
 def test_review_import_overrides_and_recomputes_decisions(sampled_db, embedder, tmp_path):

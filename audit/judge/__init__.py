@@ -29,7 +29,13 @@ import duckdb
 
 from audit.backends import Candidate, Engine, open_engine, parse_candidate
 from audit.errors import AuditError
-from audit.judge.decisions import DEFAULT_THRESHOLD, write_decisions, write_final_verdicts, write_movable_spend
+from audit.judge.decisions import (
+    DEFAULT_THRESHOLD,
+    replace_verdicts,
+    write_decisions,
+    write_final_verdicts,
+    write_movable_spend,
+)
 from audit.pricing import PriceBook
 from audit.replay import DEFAULT_GPU_HOURLY_USD, DEFAULT_MAX_COST_USD
 from audit.sample import resolve_sample_set
@@ -73,9 +79,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, set_id: str, *, embedder: Any = N
                          c.passed, c.gating, c.reason] for c in checks)
         if on_progress:
             on_progress(min(start + CHECK_BATCH, len(pairs)), len(pairs))
-    con.execute("DELETE FROM verdicts WHERE sample_set_id = ? AND source = 'check'", [set_id])
-    if rows:
-        con.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)", rows)
+    replace_verdicts(con, set_id, "check", rows)
     return len(pairs)
 
 

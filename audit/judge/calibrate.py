@@ -3,7 +3,7 @@
 Reads: a labelled pairwise file, ``[{input, output_1, output_2, label}]`` with
 label 1 or 2 the better output (the format of LLMBar and MT-Bench's human
 judgments), as a JSON array or JSON lines. Writes: ``judge_calibrations``
-(one row per run and method) and, for an LLM judge, its calls in
+(one row per file and method, replaced by a rerun) and, for an LLM judge, its calls in
 ``judge_calls`` under the sample set ``calibration:<sha256 of the file>``
 (so a rerun pays only for calls not yet made).
 
@@ -144,6 +144,8 @@ def calibrate(
                                               engine_factory=engine_factory, on_progress=on_progress)
         results.append({"method": judge.spec, "judge": judge.name, **agreement(human, preferences), "run": run})
     for result in results:
+        # One row per file and method: a rerun replaces its measurement.
+        con.execute("DELETE FROM judge_calibrations WHERE file = ? AND method = ?", [str(path), result["method"]])
         con.execute("INSERT INTO judge_calibrations VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?)",
                     [str(path), result["method"], result["pairs"], result["accuracy"], result["kappa"], result["tie_rate"]])
     labels = Counter(human)

@@ -42,7 +42,7 @@ from typing import Any
 import duckdb
 
 from audit.backends import FINAL_ERRORS
-from audit.db import fetch_dicts
+from audit.db import fetch_dicts, transaction
 
 DEFAULT_THRESHOLD = 0.90
 Z_95 = 1.959964
@@ -84,6 +84,14 @@ def decide(ci_low: float | None, ci_high: float | None, threshold: float) -> str
     return "insufficient evidence"
 
 
+def replace_verdicts(con: duckdb.DuckDBPyConnection, set_id: str, source: str, rows: list[list[Any]]) -> None:
+    """Rewrite the sample set's verdicts of one source, at once: ``rows`` are the columns up to ``reason``."""
+    with transaction(con):
+        con.execute("DELETE FROM verdicts WHERE sample_set_id = ? AND source = ?", [set_id, source])
+        if rows:
+            con.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)", rows)
+
+
 def _failure_label(source: str, metric: str | None, reason: str | None) -> str:
     """A short, countable reason (the source's own verdict rows keep the specifics)."""
     if source == "replay":
@@ -123,9 +131,7 @@ def write_final_verdicts(con: duckdb.DuckDBPyConnection, set_id: str) -> dict[st
         rows.append([set_id, *key, "final", "final", 1.0 if passed else 0.0, None, passed, True,
                      f"{source}: {label}" if label else source])
         evidence_counts[source] += 1
-    con.execute("DELETE FROM verdicts WHERE sample_set_id = ? AND source = 'final'", [set_id])
-    if rows:
-        con.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)", rows)
+    replace_verdicts(con, set_id, "final", rows)
     return dict(evidence_counts)
 
 
@@ -170,12 +176,13 @@ def write_decisions(con: duckdb.DuckDBPyConnection, set_id: str, threshold: floa
             "template_spend_usd": spend.get(template_id),
             "top_failures": [{"reason": reason, "count": n} for reason, n in failures.most_common(TOP_FAILURES)],
         })
-    con.execute("DELETE FROM decisions WHERE sample_set_id = ?", [set_id])
-    if rows:
-        con.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                        [[set_id, r["template_id"], r["candidate"], r["evidence"], r["judged"], r["passed"], r["pass_rate"],
-                          r["ci_low"], r["ci_high"], r["threshold"], r["decision"], r["template_spend_usd"],
-                          json.dumps(r["top_failures"])] for r in rows])
+    with transaction(con):
+        con.execute("DELETE FROM decisions WHERE sample_set_id = ?", [set_id])
+        if rows:
+            con.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                            [[set_id, r["template_id"], r["candidate"], r["evidence"], r["judged"], r["passed"],
+                              r["pass_rate"], r["ci_low"], r["ci_high"], r["threshold"], r["decision"],
+                              r["template_spend_usd"], json.dumps(r["top_failures"])] for r in rows])
     rows.sort(key=lambda r: (-(r["template_spend_usd"] or 0.0), r["template_id"], r["candidate"]))
     return rows
 
@@ -213,12 +220,13 @@ def write_movable_spend(con: duckdb.DuckDBPyConnection, set_id: str) -> list[dic
             "passing_share_low": low / total if total else None,
             "passing_share_high": high / total if total else None,
         })
-    con.execute("DELETE FROM movable_spend WHERE sample_set_id = ?", [set_id])
-    if rows:
-        con.executemany("INSERT INTO movable_spend VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                        [[set_id, r["candidate"], r["total_spend_usd"], r["tried_spend_usd"], r["switch_spend_usd"],
-                          r["switch_share"], r["passing_share"], r["passing_share_low"], r["passing_share_high"]]
-                         for r in rows])
+    with transaction(con):
+        con.execute("DELETE FROM movable_spend WHERE sample_set_id = ?", [set_id])
+        if rows:
+            con.executemany("INSERT INTO movable_spend VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                            [[set_id, r["candidate"], r["total_spend_usd"], r["tried_spend_usd"], r["switch_spend_usd"],
+                              r["switch_share"], r["passing_share"], r["passing_share_low"], r["passing_share_high"]]
+                             for r in rows])
     return rows
 
 

@@ -35,6 +35,7 @@ from audit.backends import Candidate, Engine, ReplayItem, ReplayResult, TRANSIEN
 from audit.db import fetch_dicts
 from audit.errors import ConfigError
 from audit.pricing import PriceBook, reference_day
+from audit.judge.decisions import replace_verdicts
 from audit.replay import Admitted, Budget, CandidatePrice, prepare_items, price_candidate, worst_case_cost
 
 JUDGE_MAX_TOKENS = 96             # a verdict line and one sentence
@@ -256,7 +257,5 @@ def write_judge_verdicts(con: duckdb.DuckDBPyConnection, set_id: str, judge: Can
         if passed is not None and first["explanation"]:
             reason = f"{reason}: {first['explanation']}"
         rows.append([set_id, request_id, candidate, "judge", "pairwise", score, None, passed, True, reason])
-    con.execute("DELETE FROM verdicts WHERE sample_set_id = ? AND source = 'judge'", [set_id])
-    if rows:
-        con.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)", rows)
+    replace_verdicts(con, set_id, "judge", rows)
     return len(rows)
