@@ -101,8 +101,13 @@ def run_pipeline(con: duckdb.DuckDBPyConnection, files: Sequence[Path], options:
                      on_progress=lambda path, phase, percent: emit(StageEvent("ingest", "progress", f"{phase} {path.name}")))
     results["ingest"] = summary.as_dict()
     totals = results["ingest"]["totals"]
-    emit(StageEvent("ingest", "done", f"read {totals['read']:,} = stored {totals['stored']:,} + duplicate "
-                                      f"{totals['duplicate']:,} + rejected {totals['rejected']:,}"))
+    skipped = sum(1 for f in results["ingest"]["files"] if (f.get("skipped") or "").startswith("already ingested"))
+    if skipped == len(files):
+        emit(StageEvent("ingest", "reused", f"all {skipped} files were ingested before"))
+    else:
+        emit(StageEvent("ingest", "done", f"read {totals['read']:,} = stored {totals['stored']:,} + duplicate "
+                                          f"{totals['duplicate']:,} + rejected {totals['rejected']:,}"
+                                          + (f" ({skipped} files ingested before)" if skipped else "")))
 
     analysis_reused = analysis_is_current(con, options.prices, options.settings)
     if analysis_reused:
@@ -117,11 +122,11 @@ def run_pipeline(con: duckdb.DuckDBPyConnection, files: Sequence[Path], options:
     exists = con.execute("SELECT count(*) FROM sample_sets WHERE sample_set_id = ?", [set_id]).fetchall()[0][0]
     if analysis_reused and exists:
         results["sample"] = sample_plan(con, set_id)
-        emit(StageEvent("sample", "reused", f"sample set {set_id}"))
+        emit(StageEvent("sample", "reused", f"sample set {set_id}: {results['sample']['totals']['sampled']:,} requests"))
     else:
         emit(StageEvent("sample", "running", f"n={options.n}, seed={options.seed}"))
         results["sample"] = draw_sample(con, n=options.n, seed=options.seed)
-    emit(StageEvent("sample", "done", f"sample set {set_id}: {results['sample']['totals']['sampled']:,} requests"))
+        emit(StageEvent("sample", "done", f"sample set {set_id}: {results['sample']['totals']['sampled']:,} requests"))
 
     book = load_book(con, options.prices)
     plan = plan_replay(con, resolve_candidates(options.candidates, book), book=book, sample_set_id=set_id,

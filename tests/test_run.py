@@ -45,8 +45,9 @@ def test_run_end_to_end_then_reuse(tmp_path):
 
     second = run_audit(*args, "--json")
     assert second.returncode == 0, second.stderr
-    for stage in ("analyze", "sample", "replay"):
+    for stage in ("ingest", "analyze", "sample", "replay"):
         assert f"reused {stage}" in second.stderr, (stage, second.stderr)
+    assert "done   sample" not in second.stderr
     results = json.loads(second.stdout)
     assert results["report"]["path"] == str(out)
     assert all(c["run"] is None for c in results["replay"]["candidates"])    # nothing sent again
