@@ -27,6 +27,7 @@ def run(
     gpu_hourly_usd: Annotated[float, typer.Option("--gpu-hourly-usd", help="What one GPU costs per hour: prices self-hosted candidates by their measured throughput.")] = 3.00,
     revenue_monthly: Annotated[Optional[float], typer.Option("--revenue-monthly", help="Monthly revenue in USD: the report shows LLM cost as a share of it.")] = None,
     growth: Annotated[Optional[float], typer.Option("--growth", help="Traffic growth in % per month for the projection. Default: fitted from the ledger.")] = None,
+    revenue_growth: Annotated[float, typer.Option("--revenue-growth", help="Revenue growth in % per month for the projection (default: flat).")] = 0.0,
     out: Annotated[Optional[Path], typer.Option("--out", help="The report's path. Default: reports/audit-report-DATE.html.")] = None,
     routing_out: Annotated[Optional[Path], typer.Option("--routing-out", help="The routing plan's path. Default: routing.yaml next to the report.")] = None,
     no_redact: Annotated[bool, typer.Option("--no-redact", help="Show examples unredacted (emails, phone and card numbers, keys are masked by default).")] = False,
@@ -46,7 +47,7 @@ def run(
     options = RunOptions(sampled_fraction=sampled_fraction, prices=prices, n=n, seed=seed, candidates=candidate or [],
                          per_template=per_template, judge_spec=judge, threshold=threshold, max_cost_usd=max_cost,
                          gpu_hourly_usd=gpu_hourly_usd, revenue_monthly_usd=revenue_monthly,
-                         growth_pct_per_month=growth, out=out, routing_out=routing_out, redact=not no_redact)
+                         growth_pct_per_month=growth, revenue_growth_pct_per_month=revenue_growth, out=out, routing_out=routing_out, redact=not no_redact)
     with console.progress_bar("audit run", None) as bar:
 
         def on_event(event) -> None:

@@ -50,6 +50,7 @@ class RunOptions:
     gpu_hourly_usd: float = DEFAULT_GPU_HOURLY_USD
     revenue_monthly_usd: float | None = None
     growth_pct_per_month: float | None = None
+    revenue_growth_pct_per_month: float = 0.0
     out: Path | None = None
     routing_out: Path | None = None
     redact: bool = True
@@ -153,7 +154,8 @@ def run_pipeline(con: duckdb.DuckDBPyConnection, files: Sequence[Path], options:
 
     emit(StageEvent("report", "running", "the HTML report and the routing plan"))
     report_options = ReportOptions(revenue_monthly_usd=options.revenue_monthly_usd,
-                                   growth_pct_per_month=options.growth_pct_per_month, sample_set_id=set_id)
+                                   growth_pct_per_month=options.growth_pct_per_month,
+                                   revenue_growth_pct_per_month=options.revenue_growth_pct_per_month, sample_set_id=set_id)
     report_path = write_report(con, options.out, options=report_options, redact=options.redact)
     routing = write_routing_plan(con, options.routing_out or report_path.parent / "routing.yaml", sample_set_id=set_id)
     results["report"] = {"path": str(report_path), "routing_path": routing["path"]}
