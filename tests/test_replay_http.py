@@ -263,3 +263,25 @@ def test_api_key_comes_from_the_environment_and_is_never_stored(sampled_db, prox
     assert seen and all(h == "Bearer sk-test-do-not-store-4242" for h in seen)
     con.close()
     assert b"sk-test-do-not-store" not in Path(sampled_db).read_bytes()
+
+
+def test_llm_judge_through_the_real_server_is_paid_once(sampled_db, proxy):
+    """`audit judge --judge` through the HTTP engine: both orders, priced per token, a rerun sends nothing."""
+    from audit.judge import judge
+
+    con = audit_db.connect(sampled_db)
+    replay(con, plan_replay(con, [parse_candidate("f=fake:echo?input_price=1&output_price=2")], book=PriceBook(),
+                            per_template=1))
+    # Two pairs keep it to seconds; the judge is priced like a hosted model.
+    con.execute("DELETE FROM replays WHERE request_id NOT IN (SELECT request_id FROM replays ORDER BY request_id LIMIT 2)")
+    spec = (f"j=openai:smollm2?base_url={proxy.url}&input_price=2.5&output_price=10&max_tokens=32"
+            "&context_window=2048&concurrency=2")
+    summary = judge(con, judge_spec=spec, max_cost_usd=1.0)
+    calls = rows(con, "SELECT * FROM judge_calls ORDER BY request_id, original_position")
+    assert len(calls) == 4 and summary["judge"]["calls"] == 4 and proxy.answered() == 4
+    ok = [c for c in calls if c["status"] == "ok"]
+    for c in ok:
+        assert c["cost_usd"] == pytest.approx((c["prompt_tokens"] * 2.5 + c["output_tokens"] * 10) / 1e6)
+    assert summary["judge"]["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in ok))
+    again = judge(con, judge_spec=spec, max_cost_usd=1.0)
+    assert again["judge"]["calls"] == 0 and proxy.answered() == 4      # nothing paid twice
