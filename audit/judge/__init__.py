@@ -65,11 +65,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, set_id: str, *, embedder: Any = N
     from audit.judge.llm_judge import sample_pairs
 
     pairs = sample_pairs(con, set_id)
-    if embedder is None and pairs:
-        from audit.judge.embed import default_embedder
-
-        embedder = default_embedder()
-    rows = []
+    rows = []  # embedder None: check_answers loads the packaged one, only if a free-text pair needs it
     for start in range(0, len(pairs), CHECK_BATCH):
         batch = pairs[start:start + CHECK_BATCH]
         results = check_answers([AnswerPair(p["task_type"], _last_user_text(p["messages"]), p["original_answer"] or "",
