@@ -91,9 +91,11 @@ def calibrate(
     """
     from audit import console
     from audit.judge.calibrate import calibrate as run_calibrate
+    from audit.judge.calibrate import load_labelled_pairs
     from audit.replay import load_book
     from audit.tables import render_calibration
 
+    load_labelled_pairs(file)  # a bad file is reported before a database is created for it
     con = audit_db.connect(db)
     book = load_book(con, prices) if judge else None
     with console.progress_bar("calibrate", None) as bar:

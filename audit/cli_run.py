@@ -40,14 +40,16 @@ def run(
     """
     from audit import console
     from audit.ingest import expand_paths
-    from audit.run import RunOptions, run_pipeline
+    from audit.run import RunOptions, check_options, run_pipeline
 
     files = expand_paths(paths)
-    con = audit_db.connect(db)
     options = RunOptions(sampled_fraction=sampled_fraction, prices=prices, n=n, seed=seed, candidates=candidate or [],
                          per_template=per_template, judge_spec=judge, threshold=threshold, max_cost_usd=max_cost,
                          gpu_hourly_usd=gpu_hourly_usd, revenue_monthly_usd=revenue_monthly,
-                         growth_pct_per_month=growth, revenue_growth_pct_per_month=revenue_growth, out=out, routing_out=routing_out, redact=not no_redact)
+                         growth_pct_per_month=growth, revenue_growth_pct_per_month=revenue_growth, out=out,
+                         routing_out=routing_out, redact=not no_redact)
+    check_options(options)  # before the database is created: a run that cannot start leaves nothing behind
+    con = audit_db.connect(db)
     with console.progress_bar("audit run", None) as bar:
 
         def on_event(event) -> None:

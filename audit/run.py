@@ -29,7 +29,7 @@ from typing import Any
 import duckdb
 
 from audit.findings import Settings
-from audit.judge.decisions import DEFAULT_THRESHOLD
+from audit.judge.decisions import DEFAULT_THRESHOLD, check_threshold
 from audit.replay import DEFAULT_GPU_HOURLY_USD, DEFAULT_MAX_COST_USD
 from audit.sample import DEFAULT_MIN_PER_TEMPLATE, DEFAULT_N, DEFAULT_SEED, sample_set_id
 
@@ -82,6 +82,19 @@ def analysis_is_current(con: duckdb.DuckDBPyConnection, prices: Path | None, set
     return newer == 0
 
 
+def check_options(options: RunOptions) -> None:
+    """Options that would only fail at a late stage fail now, before any work (one-line errors)."""
+    from audit.backends import parse_candidate
+    from audit.report import check_revenue
+
+    for spec in options.candidates:
+        parse_candidate(spec)
+    if options.judge_spec:
+        parse_candidate(options.judge_spec)
+    check_threshold(options.threshold)
+    check_revenue(options.revenue_monthly_usd)
+
+
 def run_pipeline(con: duckdb.DuckDBPyConnection, files: Sequence[Path], options: RunOptions, *,
                  on_event: Callable[[StageEvent], None] | None = None) -> dict[str, Any]:
     """Every stage in order; returns each stage's summary (and the report's path)."""
@@ -96,6 +109,7 @@ def run_pipeline(con: duckdb.DuckDBPyConnection, files: Sequence[Path], options:
 
     emit = on_event or (lambda event: None)
     results: dict[str, Any] = {}
+    check_options(options)
 
     emit(StageEvent("ingest", "running", f"{len(files)} files"))
     summary = ingest(con, list(files), sampled_fraction=options.sampled_fraction,

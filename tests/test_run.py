@@ -54,3 +54,17 @@ def test_run_end_to_end_then_reuse(tmp_path):
     con = audit_db.connect(db, read_only=True)
     assert table_counts(con) == counts                      # no stage duplicated a row
     assert rows(con, "SELECT count(*) AS n FROM replay_runs")[0]["n"] == 1
+
+
+def test_bad_options_fail_before_any_work(tmp_path):
+    db = tmp_path / "audit.duckdb"
+    for args, problem in ((["-c", "x=bogus:model"], "does not start with a known engine"),
+                          (["--judge", "nope"], "is not NAME=ENGINE:MODEL"),
+                          (["--threshold", "1.5"], "--threshold must be in (0, 1]")):
+        result = run_audit("run", str(REPO / "sample_logs"), "--db", str(db), *args)
+        assert result.returncode == 1 and problem in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert "ingest" not in result.stderr
+    result = run_audit("run", str(tmp_path / "missing"), "--db", str(db))
+    assert result.returncode == 1 and "no such file" in result.stderr
+    assert not db.exists()                                  # nothing was created for a run that could not start

@@ -31,6 +31,7 @@ from audit.backends import Candidate, Engine, open_engine, parse_candidate
 from audit.errors import AuditError
 from audit.judge.decisions import (
     DEFAULT_THRESHOLD,
+    check_threshold,
     replace_verdicts,
     write_decisions,
     write_final_verdicts,
@@ -109,8 +110,7 @@ def judge(
     on_progress: Callable[[JudgeProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Checks, the LLM judge (when ``judge_spec``), final verdicts and decisions; returns the summary."""
-    if not 0 < threshold <= 1:
-        raise AuditError(f"--threshold must be in (0, 1], not {threshold}", "e.g. --threshold 0.9 (90% of requests pass)")
+    check_threshold(threshold)
     set_id = resolve_sample_set(con, sample_set_id)
     replayed = con.execute("SELECT count(*) FROM replays WHERE sample_set_id = ?", [set_id]).fetchall()[0][0]
     if not replayed:

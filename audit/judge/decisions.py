@@ -43,6 +43,7 @@ import duckdb
 
 from audit.backends import FINAL_ERRORS
 from audit.db import fetch_dicts, transaction
+from audit.errors import ConfigError
 
 DEFAULT_THRESHOLD = 0.90
 Z_95 = 1.959964
@@ -74,6 +75,11 @@ def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]]) -> float | None:
     if expected >= 1:
         return None
     return (observed - expected) / (1 - expected)
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"--threshold must be in (0, 1], not {threshold}", "e.g. --threshold 0.9 (90% of requests pass)")
 
 
 def decide(ci_low: float | None, ci_high: float | None, threshold: float) -> str:

@@ -661,14 +661,18 @@ def _method(con: duckdb.DuckDBPyConnection, set_id: str | None) -> dict[str, Any
 # --------------------------------------------------------------------------- the whole report
 
 
+def check_revenue(revenue_monthly_usd: float | None) -> None:
+    if revenue_monthly_usd is not None and revenue_monthly_usd <= 0:
+        raise ConfigError(f"--revenue-monthly must be positive, not {revenue_monthly_usd:g}",
+                          "give your monthly revenue in USD, e.g. --revenue-monthly 400000")
+
+
 def build_report(con: duckdb.DuckDBPyConnection, *, options: ReportOptions | None = None) -> dict[str, Any]:
     """Every figure of the report as one plain, JSON-serialisable dict (the module docstring says how)."""
     from audit.analyze import summary_from_tables
 
     options = options or ReportOptions()
-    if options.revenue_monthly_usd is not None and options.revenue_monthly_usd <= 0:
-        raise ConfigError(f"--revenue-monthly must be positive, not {options.revenue_monthly_usd:g}",
-                          "give your monthly revenue in USD, e.g. --revenue-monthly 400000")
+    check_revenue(options.revenue_monthly_usd)
     for flag, value in (("--growth", options.growth_pct_per_month), ("--revenue-growth", options.revenue_growth_pct_per_month)):
         if value is not None and value <= -100:
             raise ConfigError(f"{flag} must be above -100 (% per month), not {value:g}", "e.g. 5 for 5% growth per month")
