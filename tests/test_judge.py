@@ -95,6 +95,9 @@ def test_parse_and_unblind_verdicts():
     assert parse_verdict("A\nBecause it is better")[0] == "A"
     assert parse_verdict("verdict - answer a. reason: shorter")[0] == "A"
     assert parse_verdict("I cannot decide which is better.")[0] is None
+    assert parse_verdict("The answer A is better.")[0] == "A"                 # SmolLM2's way of saying it
+    assert parse_verdict("The answer that is better is answer B, which is correct.")[0] == "B"
+    assert parse_verdict("The answer that is more likely to be the correct answer.")[0] is None
     assert parse_verdict("") == (None, None)
     assert unblind("A", "A") == "original" and unblind("A", "B") == "candidate" and unblind("tie", "A") == "tie"
     assert combine_orders("candidate", "candidate")[:2] == (1.0, True)

@@ -68,6 +68,9 @@ JUDGE_SYSTEM = (
 
 _VERDICT = re.compile(r"verdict\s*[:\-]?\s*[*\"'\[(]*\s*(answer\s+)?(a|b|tie|both|equal|neither)\b", re.I)
 _LEADING = re.compile(r"^\s*[*\"'\[(]*\s*(answer\s+)?(a|b|tie)\b", re.I)
+# Small models answer in a sentence instead of the format: "The answer A is better.", "... better is answer B".
+_SENTENCE = re.compile(r"\b(answer|response)\s+(a|b)\s+is\s+(better|best|preferred|superior)\b"
+                       r"|\b(better|best|preferred)\s+(one\s+)?is\s+(answer\s+|response\s+)?(a|b)\b", re.I)
 _REASON = re.compile(r"reason\s*[:\-]\s*(.+)", re.I)
 
 
@@ -102,6 +105,8 @@ def parse_verdict(text: str | None) -> tuple[str | None, str | None]:
     if match:
         word = match.group(2).lower()
         verdict = {"a": "A", "b": "B"}.get(word, "tie")
+    elif sentence := _SENTENCE.search(text):
+        verdict = (sentence.group(2) or sentence.group(7)).upper()
     reason = _REASON.search(text)
     explanation = (reason.group(1) if reason else text).strip().splitlines()[0][:300] if text.strip() else None
     return verdict, explanation
