@@ -494,3 +494,19 @@ print('ok')
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_over_powered_model_findings_say_what_the_trials_made_of_them(judged_db):
+    data = build_report(audit_db.connect(judged_db))
+    moves = {m["template_id"]: m for m in data["model_moves"]["templates"]}
+    overpowered = [f for f in data["findings"]["found"] if f["kind"] == "overpowered_model"]
+    assert overpowered
+    for f in overpowered:
+        move = moves[f["template_id"]]
+        if move["basis"] == "trial" and not (move["low"] or move["high"]):
+            assert "not counted in the headline" in f["trial_text"]
+        elif move["basis"] != "trial":
+            assert f"downgrade trial: {move['basis']}" in f["trial_text"] and "high end" in f["trial_text"]
+        else:
+            assert (move["low"] or move["high"])["candidate"] in f["trial_text"]
+    assert all(f["trial_text"] is None for f in data["findings"]["found"] if f["kind"] != "overpowered_model")

@@ -324,6 +324,25 @@ def _findings(con: duckdb.DuckDBPyConnection, example_chars: int) -> dict[str, A
     return {"found": shown, "more_found": len(rows) - len(shown), "not_run": not_run}
 
 
+def _with_trial_outcomes(findings: dict[str, Any], moves: dict[str, Any]) -> dict[str, Any]:
+    """An over-powered-model finding is analyze's estimate; say next to it what the trials made of it."""
+    by_template = {m["template_id"]: m for m in moves["templates"]}
+    for f in findings["found"]:
+        f["trial_text"] = None
+        move = by_template.get(f["template_id"]) if f["kind"] == "overpowered_model" else None
+        if move is None:
+            continue
+        if move["basis"] == "trial":
+            picked = move["low"] or move["high"]
+            f["trial_text"] = (f"downgrade trial: {picked['candidate']} {picked['label']}"
+                               + ("" if picked["decision"] == "switch" else "; counted in the high end of the headline only")
+                               if picked
+                               else f"downgrade trial: {move.get('note') or 'no cheaper candidate passed'}; not counted in the headline")
+        else:
+            f["trial_text"] = f"downgrade trial: {move['basis']}; counted in the high end of the headline only"
+    return findings
+
+
 # --------------------------------------------------------------------------- trials and model moves
 
 
@@ -743,7 +762,7 @@ def build_report(con: duckdb.DuckDBPyConnection, *, options: ReportOptions | Non
         "stages": stages,
         "headline": headline,
         "spend": _spend(con),
-        "findings": _findings(con, options.example_chars),
+        "findings": _with_trial_outcomes(_findings(con, options.example_chars), moves),
         "model_moves": moves,
         "trials": _trials(con, set_id, stages, costs, options.example_chars),
         "self_hosting": _self_hosting(con, set_id),
