@@ -14,6 +14,7 @@ import pytest
 
 from audit.errors import ConfigError
 from audit.judge.checks import (
+    facts_of,
     THRESHOLDS,
     AnswerPair,
     CheckResult,
@@ -377,3 +378,23 @@ def test_a_similarity_just_under_the_threshold_is_not_shown_as_equal_to_it():
 
     assert similarity_result(0.69951).reason == "meaning differs from the original (similarity 0.6995 < 0.70)"
     assert similarity_result(0.7).passed is True
+
+
+def test_key_facts_hold_the_candidate_to_the_same_case(embedder):
+    prompt = "Where is my order AC-1234567? I paid $129.95 on May 2."
+    same_case = check("email_drafting", ORDER_ANSWER + " You paid $129.95.", PARAPHRASE + " The charge was $129.95.",
+                      embedder, prompt=prompt)["key_facts"]
+    assert (same_case.passed, same_case.score, same_case.gating) == (True, 1.0, True)
+    # The right kind of e-mail about another order: similar wording, wrong case.
+    other_case = check("email_drafting", ORDER_ANSWER + " You paid $129.95.",
+                       PARAPHRASE.replace("AC-1234567", "AC-7654321") + " The charge was $19.95.", embedder,
+                       prompt=prompt)["key_facts"]
+    assert (other_case.passed, other_case.score) == (False, 0.0)
+    assert other_case.reason == ("repeats 0 of the 2 ids and numbers the original took from the prompt "
+                                 "(missing 129.95, ac-1234567)")
+    # Half is enough; facts the prompt does not hold are not asked for; code gets no such check.
+    half = check("email_drafting", ORDER_ANSWER + " You paid $129.95.", PARAPHRASE, embedder, prompt=prompt)["key_facts"]
+    assert (half.passed, half.score) == (True, 0.5)
+    assert "key_facts" not in check("email_drafting", ORDER_ANSWER, PARAPHRASE, embedder, prompt="where is it?")
+    assert "key_facts" not in check("code_generation", ORDER_ANSWER, PARAPHRASE, embedder, prompt=prompt)
+    assert facts_of("Refund of $1,250.00 for T-684431, 2 items, on the 13th") == {"1250.00", "t-684431"}

@@ -21,7 +21,8 @@ structured_extraction          when the original is JSON; otherwise
 complex_reasoning              ``final_answer`` when the original has one;
                                otherwise free text
 everything else, 'unknown'     free text: ``embedding_similarity``,
-and None                       ``length_ratio``, ``rouge_l`` (shown only);
+and None                       ``length_ratio``, ``key_facts`` (free text
+                               about one case), ``rouge_l`` (shown only);
                                JSON checks when the original is bare JSON
 every type                     ``empty_answer`` and ``refusal``
 =============================  ===============================================
@@ -54,6 +55,17 @@ The thresholds, all in ``THRESHOLDS``:
   third as long has usually dropped content or stopped early; three times as
   long ignores the length the prompt asked for, and costs output tokens,
   which is what the audit prices. Ordinary variation (0.5-2x) passes.
+- ``key_facts`` (0.5, from 1 fact): for free text about one case (summaries,
+  e-mails, chat, FAQ, unknown; not code or fiction), the identifiers and
+  numbers (order AC-8767807, $39.95, 1,250) that the original took from the
+  prompt: the candidate must repeat at least half of them. Similarity says
+  "same topic and shape"; this says "same case". Measured on sample_logs, an
+  answer to another request of the same template fails it 94-100% of the time
+  where it applies (product summaries 100% of pairs, e-mail drafts 90%, chat
+  6%; FAQ answers hold no such facts). On LLMBar/MT-Bench (two models, same
+  prompt) it applies to 10-12% of pairs and fails the worse answer (by the
+  human label) 19 times, the better one 10: it also fails good answers that
+  word the facts differently, another reason free text wants the judge.
 - ``rouge_l``: ROUGE-L F1 over lower-cased word tokens, shown for the reader
   and never gating: two good answers often share few words.
 - ``refusal_head_chars`` (300): a refusal ("I'm sorry, but I can't...", "As
@@ -119,6 +131,10 @@ THRESHOLDS: dict[str, float] = {
     "length_ratio_max": 3.0,
     # ... unless the two differ by fewer words than this.
     "length_min_diff_words": 10,
+    # Share of the ids and numbers the original took from the prompt that the candidate must repeat ...
+    "key_facts": 0.5,
+    # ... when the original repeats at least this many (fewer: no key_facts check).
+    "key_facts_min": 1,
     # Characters at the start of an answer searched for a refusal.
     "refusal_head_chars": 300,
 }
@@ -197,8 +213,10 @@ def checks_for(task_type: str | None) -> str:
     if task_type == "complex_reasoning":
         return ("same final answer (number or text after 'answer:', '####', \\boxed{}), else free-text checks"
                 + always)
+    facts = (", the ids and numbers the original took from the prompt (at least half)"
+             if (task_type or "unknown") in KEY_FACT_TYPES else "")
     return (f"embedding similarity >= {THRESHOLDS['embedding_similarity']:.2f} (MiniLM), length within "
-            f"1/{THRESHOLDS['length_ratio_max']:g}-{THRESHOLDS['length_ratio_max']:g}x, ROUGE-L shown" + always)
+            f"1/{THRESHOLDS['length_ratio_max']:g}-{THRESHOLDS['length_ratio_max']:g}x{facts}, ROUGE-L shown" + always)
 
 
 def pairwise_preference(prompt: str, output_1: str, output_2: str, task_type: str | None,
@@ -248,7 +266,9 @@ def _check_without_embeddings(pair: AnswerPair) -> tuple[list[CheckResult], bool
     if not original.strip():
         return [*results, CheckResult("embedding_similarity", None, THRESHOLDS["embedding_similarity"], None, True,
                                       "the original answer is empty")], False
-    return [*results, length_ratio_result(original, candidate), rouge_l_result(original, candidate)], True
+    facts = key_facts_result(pair.prompt, original, candidate) if task_type in KEY_FACT_TYPES else None
+    return [*results, length_ratio_result(original, candidate), *([facts] if facts else []),
+            rouge_l_result(original, candidate)], True
 
 
 def _reference_free_passes(answer: str, task_type: str | None) -> int:
@@ -604,6 +624,37 @@ def length_ratio_result(original: str, candidate: str) -> CheckResult:
     return CheckResult("length_ratio", ratio, widest, False, True,
                        f"{candidate_words} words vs original {original_words}: {ratio:.2f}x, "
                        f"more than {widest:g}x {side}")
+
+
+# Facts: identifiers mixing letters and digits (order AC-8767807, ticket T-684431) and numbers of two or
+# more digits or with decimals (amounts, quantities); one-digit numbers are too common to mean a fact.
+_FACT = re.compile(r"(?<![\w.])(?:[A-Za-z]{1,6}[-#]?\d{3,}[\w-]*|\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?|\$?\d+\.\d+|\$?\d{2,})(?![\w])")
+# Free text about one case (a customer's e-mail, a ticket, a document); code and fiction are left out.
+KEY_FACT_TYPES = ("summarization", "long_document_summarization", "email_drafting", "chat", "faq_lookup", "unknown")
+
+
+def facts_of(text: str) -> set[str]:
+    """The identifiers and numbers of a text, normalised ($ and thousands separators dropped, lower case)."""
+    return {m.group(0).lower().replace("$", "").replace(",", "") for m in _FACT.finditer(text)}
+
+
+def key_facts_result(prompt: str, original: str, candidate: str) -> CheckResult | None:
+    """The ids and numbers the original took from the prompt must mostly reappear in the candidate.
+
+    Similarity reads "same topic and shape"; this reads "same case": an answer about another order
+    scores high on similarity and fails here. None (no check) when the original repeats fewer than
+    ``key_facts_min`` facts of the prompt: nothing to hold the candidate to.
+    """
+    grounded = facts_of(original) & facts_of(prompt)
+    if len(grounded) < THRESHOLDS["key_facts_min"]:
+        return None
+    present = grounded & facts_of(candidate)
+    score = round(len(present) / len(grounded), 4)
+    passed = score >= THRESHOLDS["key_facts"]
+    missing = sorted(grounded - present)
+    reason = None if passed else (f"repeats {len(present)} of the {len(grounded)} ids and numbers the original took "
+                                  f"from the prompt (missing {', '.join(missing[:4])}{'…' if len(missing) > 4 else ''})")
+    return CheckResult("key_facts", score, THRESHOLDS["key_facts"], passed, True, reason)
 
 
 _TOKEN = re.compile(r"\w+")
