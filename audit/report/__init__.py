@@ -504,7 +504,10 @@ def _trials(con: duckdb.DuckDBPyConnection, set_id: str | None, stages: dict[str
         return {"not_run": how, "rows": [], "judging": None, "calibrations": [], "movable_spend": []}
     samples = dict(con.execute("SELECT template_id, count(*) FROM samples WHERE sample_set_id = ? GROUP BY ALL",
                                [set_id]).fetchall())
+    from audit.judge.checks import checks_for
+
     names = dict(con.execute("SELECT template_id, name FROM templates").fetchall())
+    task_types = dict(con.execute("SELECT template_id, task_type FROM templates").fetchall())
     decisions = {(d["template_id"], d["candidate"]): d for d in fetch_dicts(
         con, "SELECT * FROM decisions WHERE sample_set_id = ?", [set_id])}
     rows = []
@@ -524,6 +527,7 @@ def _trials(con: duckdb.DuckDBPyConnection, set_id: str | None, stages: dict[str
             "judged": d.get("judged"), "passed": d.get("passed"), "pass_rate": d.get("pass_rate"),
             "ci_low": d.get("ci_low"), "ci_high": d.get("ci_high"), "threshold": d.get("threshold"),
             "decision": d.get("decision") or "not judged", "evidence": d.get("evidence"),
+            "task_type": task_types.get(template_id), "checks_text": checks_for(task_types.get(template_id)),
             "top_failures": [{"reason_text": str(f.get("reason")), "count": f.get("count")}
                              for f in (_json(d.get("top_failures")) or []) if isinstance(f, dict)],
             "original_cost_per_request_usd": c.get("original_cost_per_request_usd"),
