@@ -177,6 +177,7 @@ def test_paid_judge_refused_above_max_cost_before_any_call(sampled_db, embedder)
         judge(con, judge_spec="pricey=fake:judge?input_price=100000&output_price=100000", embedder=embedder,
               engine_factory=lambda c: engine, max_cost_usd=0.5)
     assert engine.calls == 0 and rows(con, "SELECT * FROM judge_calls") == []
+    assert rows(con, "SELECT * FROM verdicts") == []          # refused before any work, checks included
 
 
 def test_human_verdicts_override_and_final_errors_fail(sampled_db, embedder):

@@ -116,13 +116,17 @@ def judge(
     if not replayed:
         raise AuditError(f"nothing to judge: sample set {set_id} has no replays", "run `audit replay` first")
     report = on_progress or (lambda progress: None)
+    plan = None
+    if judge_spec:
+        # Priced and refused (above --max-cost) before any work.
+        plan = plan_llm_judge(con, set_id, judge_spec, book=book or PriceBook(), gpu_hourly_usd=gpu_hourly_usd)
+        plan.check_budget(max_cost_usd)
     checked = run_checks(con, set_id, embedder=embedder,
                          on_progress=lambda done, total: report(JudgeProgress("checks", done, total)))
     judge_run = None
-    if judge_spec:
+    if plan is not None:
         from audit.judge.llm_judge import run_judge, write_judge_verdicts
 
-        plan = plan_llm_judge(con, set_id, judge_spec, book=book or PriceBook(), gpu_hourly_usd=gpu_hourly_usd)
         judge_run = {**plan.as_dict(), **run_judge(
             con, set_id, plan, max_cost_usd=max_cost_usd, engine_factory=engine_factory,
             on_progress=lambda done, total, spent: report(JudgeProgress("judge", done, total, spent)))}

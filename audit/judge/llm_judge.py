@@ -144,6 +144,13 @@ class JudgePlan:
     expected_cost_usd: float | None
     worst_case_cost_usd: float | None
 
+    def check_budget(self, max_cost_usd: float) -> None:
+        """Refuse (one-line ConfigError) when the worst case of a per-token-priced judge exceeds the budget."""
+        if self.price.paid_per_token and (self.worst_case_cost_usd or 0.0) > max_cost_usd + 1e-12:
+            raise ConfigError(f"judging could cost up to ${self.worst_case_cost_usd:,.2f} at {self.judge.name}'s prices, "
+                              f"above --max-cost ${max_cost_usd:,.2f}",
+                              f"raise --max-cost to {self.worst_case_cost_usd:,.2f} or more, or replay fewer requests")
+
     def as_dict(self) -> dict[str, Any]:
         return {"judge": self.judge.name, "spec": self.judge.spec, "pricing": self.price.pricing,
                 "price_source": self.price.source, "pending_calls": len(self.items), "already_done": self.already_done,
@@ -203,10 +210,7 @@ def run_judge(con: duckdb.DuckDBPyConnection, set_id: str, plan: JudgePlan, *, m
               on_progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Make the pending judge calls (refusing above the budget), storing each as it finishes."""
     judge, price = plan.judge, plan.price
-    if price.paid_per_token and (plan.worst_case_cost_usd or 0.0) > max_cost_usd + 1e-12:
-        raise ConfigError(f"judging could cost up to ${plan.worst_case_cost_usd:,.2f} at {judge.name}'s prices, above "
-                          f"--max-cost ${max_cost_usd:,.2f}",
-                          f"raise --max-cost to {plan.worst_case_cost_usd:,.2f} or more, or replay fewer requests")
+    plan.check_budget(max_cost_usd)
     report = on_progress or (lambda done, total, spent: None)
     total, done = len(plan.items), 0
     counts = {"ok": 0, "error": 0, "unparsable": 0}
