@@ -7,7 +7,7 @@ Registered in ``audit.cli`` (one line each). stdout carries the paths written
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 

@@ -75,7 +75,7 @@ from audit.backends import (
 )
 from audit.db import fetch_dicts
 from audit.sample import resolve_sample_set
-from audit.errors import AuditError, ConfigError
+from audit.errors import ConfigError
 from audit.pricing import (
     PriceBook,
     load_price_book,

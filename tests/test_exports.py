@@ -10,7 +10,6 @@ tests/test_run.py.)
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest

@@ -15,7 +15,7 @@ import pytest
 
 from audit import db as audit_db
 from audit.backends import EngineInfo, ReplayResult, parse_candidate
-from audit.errors import AuditError, ConfigError, InputError
+from audit.errors import ConfigError, InputError
 from audit.judge import judge
 from audit.judge.calibrate import agreement, calibrate, load_labelled_pairs
 from audit.judge.decisions import decide, wilson_interval

@@ -18,7 +18,6 @@ import pytest
 
 from audit import db as audit_db
 from audit.backends import (
-    Candidate,
     ReplayItem,
     ReplayResult,
     candidates_from_table,
@@ -29,10 +28,10 @@ from audit.backends import (
 )
 from audit.backends.fake_engine import count_words
 from audit.backends.http_engine import backoff_seconds, retry_after_seconds
-from audit.errors import AuditError, ConfigError
+from audit.errors import ConfigError
 from audit.pricing import PriceBook, load_price_book
 from audit.replay import close_stale_runs, plan_replay, replay, resolve_candidates
-from conftest import REPO, rows, run_audit
+from conftest import rows, run_audit
 
 FAKE = "f=fake:echo?input_price=1&output_price=2"
 
