@@ -286,7 +286,8 @@ def render_judge_summary(summary: dict[str, Any]) -> None:
         err.print(f"[dim]switch: the interval's lower bound ≥ {summary['decisions'][0]['threshold']:.0%}; keep: its upper "
                   "bound below; otherwise insufficient evidence (replay more with a larger sample)[/]")
     for m in summary["movable_spend"]:
-        if m["passing_share"] is None:
+        if m["passing_share"] is None or not m["tried_spend_usd"]:
+            err.print(f"{escape(m['candidate'])}: the templates it was tried on hold no priced spend")
             continue
         err.print(f"{escape(m['candidate'])}: templates that switch hold {_share(m['switch_share'])} of all spend "
                   f"({_whole_money(m['switch_spend_usd'])}); the spend whose requests pass is estimated at "
