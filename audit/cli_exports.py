@@ -15,11 +15,6 @@ from audit import db as audit_db
 from audit.cli_options import ExistingDbOption as DbOption
 from audit.cli_options import JsonOption, SampleOption
 
-def _open(db: Path):
-    """An existing database, migrated (one written before the verdict tables existed gets them, empty)."""
-    return audit_db.connect(db, must_exist=True)
-
-
 def export_dataset(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (new, empty, or an earlier export-dataset folder, which is replaced).", show_default=False)],
     *,
@@ -36,7 +31,7 @@ def export_dataset(
     from audit import console
     from audit.exports import export_dataset as run_export
 
-    con = _open(db)
+    con = audit_db.connect(db, must_exist=True)
     with console.progress_bar("exporting the dataset", None, show_count=False):
         summary = run_export(con, out_dir, sample_set_id=sample)
     per_candidate = ", ".join(f"{name} {rows:,}" for name, rows in summary["candidates"].items())
@@ -69,7 +64,7 @@ def export_routing(
     from audit import console
     from audit.exports import write_routing_plan
 
-    con = _open(db)
+    con = audit_db.connect(db, must_exist=True)
     summary = write_routing_plan(con, out, sample_set_id=sample)
     console.err.print(
         f"sample set {summary['sample_set_id']}: {summary['templates']} templates, {summary['switched']} switched, "

@@ -23,11 +23,6 @@ review_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-def _existing_db(path: Path):
-    """Review needs replays, so a missing database is a mistake, not something to create."""
-    return audit_db.connect(path, must_exist=True)
-
-
 @review_app.command("export")
 def export(
     *,
@@ -48,7 +43,7 @@ def export(
     from audit import console
     from audit.review import export_review
 
-    con = _existing_db(db)
+    con = audit_db.connect(db, must_exist=True)  # review needs replays: never create a database here
     result = export_review(con, out=out, sample_set_id=sample, candidates=candidate, per_template=per_template, seed=seed)
     counts = ", ".join(f"{name} {n:,}" for name, n in result["per_candidate"].items())
     console.err.print(
@@ -103,7 +98,7 @@ def import_(
     from audit import console
     from audit.review import import_review
 
-    summary = import_review(_existing_db(db), file)
+    summary = import_review(audit_db.connect(db, must_exist=True), file)
     _render_summary(summary)
     if json:
         console.print_json(summary)

@@ -73,6 +73,7 @@ from audit.backends import replay_messages
 from audit.db import fetch_dicts, transaction
 from audit.errors import AuditError, ConfigError, InputError
 from audit.judge.decisions import cohen_kappa, refresh_decisions
+from audit.sample import resolve_sample_set
 
 CHOICES = ("A", "B", "both_fine", "both_bad")
 OUTCOMES = ("candidate_better", "original_better", "both_fine", "both_bad")
@@ -93,11 +94,7 @@ def _utc_now() -> datetime:
 def _pick_sample_set(con: duckdb.DuckDBPyConnection, sample_set_id: str | None) -> str:
     """The set given, checked; else the latest drawn set that has answers to review."""
     if sample_set_id is not None:
-        if not con.execute("SELECT 1 FROM sample_sets WHERE sample_set_id = ?", [sample_set_id]).fetchall():
-            known = [r[0] for r in con.execute("SELECT sample_set_id FROM sample_sets ORDER BY drawn_at DESC").fetchall()]
-            raise ConfigError(f"no sample set {sample_set_id!r}",
-                              f"sample sets here: {', '.join(known)}" if known else "draw one with `audit sample`")
-        return sample_set_id
+        return resolve_sample_set(con, sample_set_id)
     row = con.execute("""
         SELECT s.sample_set_id FROM sample_sets s
         WHERE EXISTS (SELECT 1 FROM replays p WHERE p.sample_set_id = s.sample_set_id AND p.status = 'ok')

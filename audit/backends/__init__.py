@@ -230,6 +230,12 @@ def replay_messages(messages_json: str) -> list[dict[str, str]]:
     return messages
 
 
+def last_user_text(messages: list[dict[str, str]]) -> str | None:
+    """The last user message (else the last message): what the checks and the report take as "the prompt"."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else (messages[-1]["content"] if messages else None)
+
+
 def replay_max_tokens(original_output_tokens: int | None, original_max_tokens: int | None) -> int:
     if original_output_tokens is None:
         wanted = MAX_TOKENS_WHEN_UNKNOWN

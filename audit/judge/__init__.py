@@ -27,7 +27,7 @@ from typing import Any
 
 import duckdb
 
-from audit.backends import Candidate, Engine, open_engine, parse_candidate
+from audit.backends import Candidate, Engine, last_user_text, open_engine, parse_candidate
 from audit.errors import AuditError
 from audit.judge.decisions import (
     DEFAULT_THRESHOLD,
@@ -54,11 +54,6 @@ class JudgeProgress:
     spent_usd: float = 0.0
 
 
-def _last_user_text(messages: list[dict[str, str]]) -> str:
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    return users[-1] if users else (messages[-1]["content"] if messages else "")
-
-
 def run_checks(con: duckdb.DuckDBPyConnection, set_id: str, *, embedder: Any = None,
                on_progress: Callable[[int, int], None] | None = None) -> int:
     """Rewrite the ``source = 'check'`` verdicts of the sample set; returns the answers checked."""
@@ -69,7 +64,7 @@ def run_checks(con: duckdb.DuckDBPyConnection, set_id: str, *, embedder: Any = N
     rows = []  # embedder None: check_answers loads the packaged one, only if a free-text pair needs it
     for start in range(0, len(pairs), CHECK_BATCH):
         batch = pairs[start:start + CHECK_BATCH]
-        results = check_answers([AnswerPair(p["task_type"], _last_user_text(p["messages"]), p["original_answer"] or "",
+        results = check_answers([AnswerPair(p["task_type"], last_user_text(p["messages"]) or "", p["original_answer"] or "",
                                             p["candidate_answer"] or "") for p in batch], embedder)
         for pair, checks in zip(batch, results):
             rows.extend([set_id, pair["request_id"], pair["candidate"], "check", c.metric, c.score, c.threshold,

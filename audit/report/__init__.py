@@ -129,21 +129,14 @@ def _excerpt(text: str | None, limit: int) -> str | None:
 
 def _last_user_text(messages_json: str | None) -> str | None:
     """The last user message of a logged conversation, as plain text (what an example shows as the prompt)."""
-    from audit.tokens import message_text
+    from audit.backends import last_user_text, replay_messages
 
     if not messages_json:
         return None
     try:
-        messages = json.loads(messages_json)
-    except ValueError:
+        return last_user_text(replay_messages(messages_json))
+    except (ValueError, TypeError, AttributeError):  # a finding's example may hold any logged shape
         return None
-    if not isinstance(messages, list):
-        return None
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return message_text(message.get("content"))
-    last = messages[-1] if messages else None
-    return message_text(last.get("content")) if isinstance(last, dict) else None
 
 
 def _request_texts(con: duckdb.DuckDBPyConnection, request_ids: list[str], limit: int) -> dict[str, dict[str, Any]]:
