@@ -140,3 +140,24 @@ def smollm2_engine():
     engine = VllmEngine(Candidate("smollm2", "vllm", "smollm2", {"max_model_len": "2048", "kv_cache_gb": "1"}))
     yield engine
     engine.close()
+
+
+# --------------------------------------------------------------------------- a real browser
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """Debian's headless Chromium driven by playwright (never `playwright install`): one per session.
+
+    Skipped, saying what to install, when either is missing."""
+    from audit.report.render import find_chromium  # the lookup `audit report --pdf` uses
+
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()

@@ -38,7 +38,7 @@ from audit.pricing import PriceBook
 from audit.replay import plan_replay, replay
 from audit.report import ReportOptions, build_report
 from audit.report.projection import fit_growth, project
-from audit.report.render import redact_report, render_report, write_report
+from audit.report.render import find_chromium, redact_report, render_report, write_report
 from conftest import FIXTURES, REPO, run_audit
 
 SET = "n500-s7"
@@ -308,15 +308,8 @@ def test_logged_markup_is_escaped_in_html_and_svg(judged_db):
 
 # --------------------------------------------------------------------------- (d) a real browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def test_report_in_headless_chromium(judged_db):
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright into .venv (no browser download needed)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium not installed: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
+def test_report_in_headless_chromium(judged_db, chromium_browser):
+    browser = chromium_browser
     con = audit_db.connect(judged_db)
     plant_in_shown_example(con, ATTACK)
     con.execute("UPDATE templates SET name = '<script>window.__pwned=3</script>tpl' WHERE name = 'support-faq-bot'")
@@ -324,35 +317,30 @@ def test_report_in_headless_chromium(judged_db):
     path = write_report(con, artifacts / "report.html", options=ReportOptions(revenue_monthly_usd=300_000))
     charts_expected = {"spend_by_template", "spend_by_task", "spend_over_time", "projection", "trials"}
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            console_errors, requests = [], []
-            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: console_errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(path.resolve().as_uri(), wait_until="load")
-            assert console_errors == []
-            assert requests == [path.resolve().as_uri()]          # the file itself, nothing else
-            assert page.evaluate("typeof window.__pwned") == "undefined"
-            assert page.locator("script").count() == 0
-            body = page.inner_text("body")
-            assert "<script>window.__pwned=1</script>" in body and "</textarea>" in body
-            assert "<script>window.__pwned=3</script>tpl" in body
-            figures = page.locator("figure[data-chart]")
-            shown = {figures.nth(i).get_attribute("data-chart") for i in range(figures.count())}
-            assert shown == charts_expected
-            for i in range(figures.count()):
-                box = figures.nth(i).locator("svg").bounding_box()
-                assert box and box["width"] > 300 and box["height"] > 50
-            for section in ("headline", "money", "findings", "trials", "selfhost", "projection", "method"):
-                assert page.locator(f"section#{section}").is_visible()
-            page.screenshot(path=str(artifacts / "report.png"), full_page=True)
-            page.emulate_media(media="print")
-            assert page.locator("nav").is_hidden()                  # the print stylesheet applies
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    console_errors, requests = [], []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(path.resolve().as_uri(), wait_until="load")
+    assert console_errors == []
+    assert requests == [path.resolve().as_uri()]          # the file itself, nothing else
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.locator("script").count() == 0
+    body = page.inner_text("body")
+    assert "<script>window.__pwned=1</script>" in body and "</textarea>" in body
+    assert "<script>window.__pwned=3</script>tpl" in body
+    figures = page.locator("figure[data-chart]")
+    shown = {figures.nth(i).get_attribute("data-chart") for i in range(figures.count())}
+    assert shown == charts_expected
+    for i in range(figures.count()):
+        box = figures.nth(i).locator("svg").bounding_box()
+        assert box and box["width"] > 300 and box["height"] > 50
+    for section in ("headline", "money", "findings", "trials", "selfhost", "projection", "method"):
+        assert page.locator(f"section#{section}").is_visible()
+    page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+    page.emulate_media(media="print")
+    assert page.locator("nav").is_hidden()                  # the print stylesheet applies
     print(f"screenshot: {artifacts / 'report.png'}")
 
 
@@ -362,7 +350,7 @@ def test_pdf_through_chromium_and_a_clear_error_without_it(judged_db, tmp_path):
                         env={"AUDIT_CHROMIUM": str(tmp_path / "no-such-browser")})
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "needs Chromium" in missing.stderr and "apt-get install chromium" in missing.stderr
-    if not Path(CHROMIUM).exists():
+    if find_chromium() is None:
         pytest.skip("Chromium not installed: apt-get install -y chromium")
     done = run_audit("report", "--db", str(judged_db), "--out", str(out), "--pdf")
     assert done.returncode == 0, done.stderr

@@ -27,7 +27,6 @@ CANDIDATES = ("zzcand-one=fake:tinyq-one?input_price=1&output_price=2",
               "zzcand-two=fake:tinyq-two?input_price=1&output_price=2")
 SECRET_NAMES = ("zzcand-one", "zzcand-two", "tinyq-one", "tinyq-two", "gpt-4o", "fake:")
 PAYLOAD = "<script>window.__pwned=1</script> </textarea><b>bold</b> <!-- x"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def make_replays(con, per_template: int = 1) -> None:
@@ -345,19 +344,9 @@ def test_cli_export_prints_the_path_and_import_prints_json(reviewed_db, tmp_path
 # --------------------------------------------------------------------------- in a real browser
 
 
-def _browser_or_skip():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (pip install playwright)")
-    return sync_playwright
-
-
 @pytest.mark.slow
-def test_review_page_in_chromium_end_to_end(reviewed_db, tmp_path):
-    sync_playwright = _browser_or_skip()
+def test_review_page_in_chromium_end_to_end(reviewed_db, tmp_path, chromium_browser):
+    browser = chromium_browser
     con = audit_db.connect(reviewed_db)
     export = export_review(con, out=tmp_path, per_template=1, seed=3)
     export_id, total = export["export_id"], export["items"]
@@ -367,61 +356,56 @@ def test_review_page_in_chromium_end_to_end(reviewed_db, tmp_path):
     reviewer = 'Ann "QA", 3rd'   # a quote, a comma and a digit typed into the name field
 
     console, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            context = browser.new_context(accept_downloads=True)
-            page = context.new_page()
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(url)
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(url)
 
-            def current() -> str:
-                return page.locator("section.item:not([hidden])").get_attribute("data-item-id")
+    def current() -> str:
+        return page.locator("section.item:not([hidden])").get_attribute("data-item-id")
 
-            # Planted markup is shown as text, never run or parsed.
-            assert page.evaluate("typeof window.__pwned") == "undefined"
-            texts = page.locator("section.item").all_text_contents()
-            assert sum(PAYLOAD in t for t in texts) == 2   # one request, shown with both candidates
-            assert page.locator("#items b, #items textarea, #items script").count() == 0
-            assert page.text_content("#progress") == f"0 / {total} reviewed"
+    # Planted markup is shown as text, never run or parsed.
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    texts = page.locator("section.item").all_text_contents()
+    assert sum(PAYLOAD in t for t in texts) == 2   # one request, shown with both candidates
+    assert page.locator("#items b, #items textarea, #items script").count() == 0
+    assert page.text_content("#progress") == f"0 / {total} reviewed"
 
-            # Keyboard: cast, move back and recast, move with arrows and j/k.
-            assert current() == "i001"
-            for key in ("1", "2", "k", "3", "ArrowRight", "4", "ArrowLeft", "j", "2"):
-                page.keyboard.press(key)
-            expected = {"i001": "A", "i002": "both_fine", "i004": "both_bad", "i005": "B"}
-            assert current() == "i006"
-            assert page.text_content("#progress") == f"4 / {total} reviewed"
-            page.locator("section.item:not([hidden])").get_by_role("button", name="4 · Both bad").click()
-            page.keyboard.press("k")
-            page.keyboard.press("0")   # clears i006 again
-            assert page.text_content("#progress") == f"4 / {total} reviewed"
+    # Keyboard: cast, move back and recast, move with arrows and j/k.
+    assert current() == "i001"
+    for key in ("1", "2", "k", "3", "ArrowRight", "4", "ArrowLeft", "j", "2"):
+        page.keyboard.press(key)
+    expected = {"i001": "A", "i002": "both_fine", "i004": "both_bad", "i005": "B"}
+    assert current() == "i006"
+    assert page.text_content("#progress") == f"4 / {total} reviewed"
+    page.locator("section.item:not([hidden])").get_by_role("button", name="4 · Both bad").click()
+    page.keyboard.press("k")
+    page.keyboard.press("0")   # clears i006 again
+    assert page.text_content("#progress") == f"4 / {total} reviewed"
 
-            # Typing the name does not cast verdicts.
-            page.click("#reviewer")
-            page.keyboard.type(reviewer)
-            page.keyboard.press("Escape")
-            assert page.text_content("#progress") == f"4 / {total} reviewed"
+    # Typing the name does not cast verdicts.
+    page.click("#reviewer")
+    page.keyboard.type(reviewer)
+    page.keyboard.press("Escape")
+    assert page.text_content("#progress") == f"4 / {total} reviewed"
 
-            # Reload: verdicts, name and position are kept (localStorage, keyed by export id).
-            page.reload()
-            assert page.text_content("#progress") == f"4 / {total} reviewed"
-            assert page.input_value("#reviewer") == reviewer and current() == "i006"
-            assert "Your verdict: Both bad" in page.locator('section[data-item-id="i004"]').text_content()
+    # Reload: verdicts, name and position are kept (localStorage, keyed by export id).
+    page.reload()
+    assert page.text_content("#progress") == f"4 / {total} reviewed"
+    assert page.input_value("#reviewer") == reviewer and current() == "i006"
+    assert "Your verdict: Both bad" in page.locator('section[data-item-id="i004"]').text_content()
 
-            with page.expect_download() as json_download:
-                page.click("#download-json")
-            json_path = tmp_path / "download.json"
-            json_download.value.save_as(json_path)
-            with page.expect_download() as csv_download:
-                page.click("#download-csv")
-            csv_path = tmp_path / "download.csv"
-            csv_download.value.save_as(csv_path)
-            assert json_download.value.suggested_filename.startswith(f"review-{export_id}-Ann")
-        finally:
-            browser.close()
+    with page.expect_download() as json_download:
+        page.click("#download-json")
+    json_path = tmp_path / "download.json"
+    json_download.value.save_as(json_path)
+    with page.expect_download() as csv_download:
+        page.click("#download-csv")
+    csv_path = tmp_path / "download.csv"
+    csv_download.value.save_as(csv_path)
+    assert json_download.value.suggested_filename.startswith(f"review-{export_id}-Ann")
 
     assert [c for c in console if c.startswith(("error", "pageerror"))] == [], console
     assert [u for u in requests if not u.startswith("blob:")] == [url, url], requests   # the page, then its reload
