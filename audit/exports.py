@@ -28,10 +28,11 @@ A LiteLLM proxy config (``litellm --config routing.yaml``):
   so this section travels in the same file.
 
 A template routes to a candidate only when that candidate's decision is
-``switch``. When several switch, the cheapest wins: the lowest mean replay
-cost per answered request on that template's sample (a candidate whose cost
-is not known yet comes last), then the higher interval lower bound, then the
-name. Every other template keeps its production model.
+``switch`` and its answers cost less than the originals on the same requests.
+When several qualify, ``audit.judge.decisions.cheapest_candidate`` picks one
+(the lowest cost ratio, then the higher interval lower bound, then the name):
+the same rule as the report's model moves. Every other template keeps its
+production model.
 
 Distillation set (``export_dataset``)
 -------------------------------------
@@ -59,6 +60,7 @@ import duckdb
 from audit.db import fetch_dicts
 from audit.errors import AuditError, ConfigError
 from audit.formats.hf_dataset import offline_datasets
+from audit.judge.decisions import cheapest_candidate, trial_costs
 from audit.sample import resolve_sample_set
 
 DEFAULT_ROUTING_PATH = Path("reports") / "routing.yaml"
@@ -181,13 +183,6 @@ def _serving_findings(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str
     return by_template
 
 
-def _switch_order(decision: dict[str, Any]) -> tuple:
-    cost = decision["mean_cost_usd"]
-    ci_low = decision["ci_low"]
-    return (cost is None, cost if cost is not None else 0.0, -(ci_low if ci_low is not None else -1.0),
-            decision["candidate"])
-
-
 def _evidence_order(decision: dict[str, Any]) -> tuple:
     """For a template that keeps its model: the best-tested candidate is the one shown."""
     ci_low, rate = decision["ci_low"], decision["pass_rate"]
@@ -210,6 +205,7 @@ def routing_plan(con: duckdb.DuckDBPyConnection, *, sample_set_id: str | None = 
     decisions_by_template: dict[str, list[dict[str, Any]]] = {}
     for decision in _decisions(con, set_id):
         decisions_by_template.setdefault(decision["template_id"], []).append(decision)
+    costs = trial_costs(con, set_id)
     findings = _serving_findings(con)
 
     production = {t["main_model"]: _litellm_model(None, t["main_model"], {}, t["provider"])
@@ -219,8 +215,7 @@ def routing_plan(con: duckdb.DuckDBPyConnection, *, sample_set_id: str | None = 
     entries = []
     for template in templates:
         tried = decisions_by_template.get(template["template_id"], [])
-        switches = sorted((d for d in tried if d["decision"] == "switch"), key=_switch_order)
-        chosen = switches[0] if switches else None
+        chosen = cheapest_candidate([d for d in tried if d["decision"] == "switch"], costs)
         shown = chosen or (min(tried, key=_evidence_order) if tried else None)
         recommended = template["main_model"]
         if chosen is not None:
@@ -277,9 +272,9 @@ def routing_plan(con: duckdb.DuckDBPyConnection, *, sample_set_id: str | None = 
         },
         "llm_spend_audit": {
             "sample_set_id": set_id,
-            "rule": ("a template routes to a candidate only when the candidate's decision is 'switch'; among several, "
-                     "the lowest mean replay cost per answered request on the template, then the higher interval "
-                     "lower bound; every other template keeps its current model"),
+            "rule": ("a template routes to a candidate only when the candidate's decision is 'switch' and its answers "
+                     "cost less than the originals on the same requests; among several, the lowest cost ratio, then "
+                     "the higher interval lower bound; every other template keeps its current model"),
             "totals": {"templates": len(entries), "judged": judged, "switched": switched,
                        "kept": len(entries) - switched},
             "templates": entries,

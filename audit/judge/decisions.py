@@ -1,6 +1,6 @@
 """From verdicts to decisions: one pass/fail per request, then per template a decision with its confidence.
 
-Reads: ``verdicts`` (sources 'check', 'judge', 'human'), ``replays`` (errors),
+Reads: ``verdicts`` (sources 'check', 'judge', 'human'), ``replays`` (errors, costs),
 ``samples`` (strata and weights), ``templates`` (spend), ``request_costs`` and
 ``requests`` (what each sampled request cost). Writes: the ``verdicts`` rows
 of ``source = 'final'`` (one per judged request × candidate), ``decisions``
@@ -246,3 +246,44 @@ def refresh_decisions(con: duckdb.DuckDBPyConnection, set_id: str) -> list[dict[
     decisions = write_decisions(con, set_id, threshold)
     write_movable_spend(con, set_id)
     return decisions
+
+
+# --------------------------------------------------------------------------- which candidate a template moves to
+
+
+def trial_costs(con: duckdb.DuckDBPyConnection, set_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per template × candidate on the sample set: answered requests, what they and their originals cost, the ratio."""
+    rows = fetch_dicts(
+        con,
+        """SELECT s.template_id, p.candidate,
+                  count(*) AS replayed,
+                  count(*) FILTER (WHERE p.status = 'ok') AS answered,
+                  count(*) FILTER (WHERE p.status = 'ok' AND p.cost_usd IS NOT NULL AND c.cost_usd IS NOT NULL) AS priced,
+                  sum(p.cost_usd) FILTER (WHERE p.status = 'ok' AND p.cost_usd IS NOT NULL AND c.cost_usd IS NOT NULL) AS candidate_cost_usd,
+                  sum(c.cost_usd) FILTER (WHERE p.status = 'ok' AND p.cost_usd IS NOT NULL AND c.cost_usd IS NOT NULL) AS original_cost_usd
+           FROM replays p JOIN samples s ON s.sample_set_id = p.sample_set_id AND s.request_id = p.request_id
+           LEFT JOIN request_costs c ON c.request_id = p.request_id
+           WHERE p.sample_set_id = ?
+           GROUP BY ALL""",
+        [set_id],
+    )
+    out = {}
+    for r in rows:
+        r["cost_ratio"] = (r["candidate_cost_usd"] / r["original_cost_usd"]
+                           if r["priced"] and r["original_cost_usd"] else None)
+        r["original_cost_per_request_usd"] = r["original_cost_usd"] / r["priced"] if r["priced"] else None
+        r["candidate_cost_per_request_usd"] = r["candidate_cost_usd"] / r["priced"] if r["priced"] else None
+        out[(r["template_id"], r["candidate"])] = r
+    return out
+
+
+def cheapest_candidate(decisions: list[dict[str, Any]], costs: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any] | None:
+    """Of one template's decisions, the candidate whose answers cost least against the originals' (cost ratio < 1;
+    ties: the higher interval lower bound, then the name). The report's model move and the routing plan both
+    take it, so they never name different candidates."""
+    ranked = []
+    for d in decisions:
+        ratio = (costs.get((d["template_id"], d["candidate"])) or {}).get("cost_ratio")
+        if ratio is not None and ratio < 1:
+            ranked.append((ratio, -(d["ci_low"] if d["ci_low"] is not None else -1.0), d["candidate"], d))
+    return min(ranked, key=lambda r: r[:3])[3] if ranked else None

@@ -54,6 +54,7 @@ import duckdb
 from audit.db import fetch_dicts
 from audit.errors import AuditError, ConfigError
 from audit.findings import IN_WINDOW, MONTHLY, STACK_STEPS
+from audit.judge.decisions import cheapest_candidate, trial_costs
 from audit.report import projection as projection_module
 
 # The model-move step in the stack; everything before it is applied first.
@@ -339,32 +340,6 @@ def _with_trial_outcomes(findings: dict[str, Any], moves: dict[str, Any]) -> dic
 # --------------------------------------------------------------------------- trials and model moves
 
 
-def _trial_costs(con: duckdb.DuckDBPyConnection, set_id: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per template × candidate on the sample set: answered requests, and what they and their originals cost."""
-    rows = fetch_dicts(
-        con,
-        """SELECT s.template_id, p.candidate,
-                  count(*) AS replayed,
-                  count(*) FILTER (WHERE p.status = 'ok') AS answered,
-                  count(*) FILTER (WHERE p.status = 'ok' AND p.cost_usd IS NOT NULL AND c.cost_usd IS NOT NULL) AS priced,
-                  sum(p.cost_usd) FILTER (WHERE p.status = 'ok' AND p.cost_usd IS NOT NULL AND c.cost_usd IS NOT NULL) AS candidate_cost_usd,
-                  sum(c.cost_usd) FILTER (WHERE p.status = 'ok' AND p.cost_usd IS NOT NULL AND c.cost_usd IS NOT NULL) AS original_cost_usd
-           FROM replays p JOIN samples s ON s.sample_set_id = p.sample_set_id AND s.request_id = p.request_id
-           LEFT JOIN request_costs c ON c.request_id = p.request_id
-           WHERE p.sample_set_id = ?
-           GROUP BY ALL""",
-        [set_id],
-    )
-    out = {}
-    for r in rows:
-        r["cost_ratio"] = (r["candidate_cost_usd"] / r["original_cost_usd"]
-                           if r["priced"] and r["original_cost_usd"] else None)
-        r["original_cost_per_request_usd"] = r["original_cost_usd"] / r["priced"] if r["priced"] else None
-        r["candidate_cost_per_request_usd"] = r["candidate_cost_usd"] / r["priced"] if r["priced"] else None
-        out[(r["template_id"], r["candidate"])] = r
-    return out
-
-
 def _spend_left_before_model_step(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, float]]:
     """Per template: monthly spend, and what is left of it after the stacked steps before the model move."""
     rows = con.execute(
@@ -397,11 +372,6 @@ def _model_moves(con: duckdb.DuckDBPyConnection, set_id: str | None,
     for d in decisions:
         by_template[d["template_id"]].append(d)
 
-    def cheapest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-        priced = [(costs.get((d["template_id"], d["candidate"])) or {}).get("cost_ratio") for d in rows]
-        ranked = sorted(((ratio, d["candidate"], d) for ratio, d in zip(priced, rows) if ratio is not None and ratio < 1))
-        return ranked[0][2] if ranked else None
-
     moves = []
     for template_id in sorted(set(by_template) | set(overpowered), key=lambda t: (names.get(t) or "", t)):
         rows = by_template.get(template_id, [])
@@ -414,7 +384,7 @@ def _model_moves(con: duckdb.DuckDBPyConnection, set_id: str | None,
                                 "low": None, "high": None}
         if decided or promising:
             move["basis"] = "trial"
-            low_pick, high_pick = cheapest(switch), cheapest(switch + promising)
+            low_pick, high_pick = cheapest_candidate(switch, costs), cheapest_candidate(switch + promising, costs)
             for end, pick, base in (("low", low_pick, spend["left_low_case_usd"]),
                                     ("high", high_pick, spend["left_high_case_usd"])):
                 if pick is None:
@@ -710,7 +680,7 @@ def build_report(con: duckdb.DuckDBPyConnection, *, options: ReportOptions | Non
             kinds[f["kind"]][1] += f["stacked_savings_high_monthly_usd"] or 0.0
         return [{"kind": k, "low_usd": v[0], "high_usd": v[1]} for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][1])]
 
-    costs = _trial_costs(con, set_id) if stages["replay"] else {}
+    costs = trial_costs(con, set_id) if stages["replay"] else {}
     moves = _model_moves(con, set_id, costs)
     no_risk_low = sum(f["stacked_savings_low_monthly_usd"] or 0.0 for f in no_risk)
     no_risk_high = sum(f["stacked_savings_high_monthly_usd"] or 0.0 for f in no_risk)
